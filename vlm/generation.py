@@ -1,0 +1,189 @@
+"""Caption generation for CoCa models: greedy, beam search and top-k/top-p sampling.
+
+The image is encoded once. Both causal stacks that run per token, the unimodal
+text tower and the multimodal decoder, keep a key/value cache, and the
+decoder's cross-attention keys/values over the image tokens are computed on the
+first step only, so each new token costs one position through each stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class GenerationConfig:
+    max_tokens: int = 30  # new tokens at most (the end token included)
+    min_tokens: int = 0  # the end token is forbidden before this many tokens
+    beams: int = 1  # > 1: beam search
+    top_p: Optional[float] = None  # nucleus sampling: keep the smallest set with this mass
+    top_k: Optional[int] = None  # sampling from the k most likely tokens
+    temperature: float = 1.0  # sampling temperature
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already generated (CTRL)
+    length_penalty: float = 1.0  # beam scores are logprob / length ** length_penalty
+    seed: Optional[int] = None  # sampling seed, for reproducible samples
+
+    @property
+    def sampling(self) -> bool:
+        return self.top_p is not None or self.top_k is not None
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError("min_tokens must be between 0 and max_tokens")
+        if self.beams < 1:
+            raise ValueError("beams must be at least 1")
+        if self.beams > 1 and self.sampling:
+            raise ValueError("choose beam search or sampling, not both")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+
+
+class _Stepper:
+    """Runs new token ids through the cached text tower and decoder; returns last logits."""
+
+    def __init__(self, model, image_tokens: Tensor):
+        self.model = model
+        self.image_tokens = image_tokens
+        self.text_cache = model.text.new_cache()
+        self.dec_cache = model.decoder.new_cache()
+
+    def __call__(self, ids: Tensor) -> Tensor:
+        h = self.model.text.embed_incremental(ids, self.text_cache)  # (B, T, W)
+        logits = self.model.decoder(h, self.image_tokens, cache=self.dec_cache)  # (B, T, V)
+        return logits[:, -1].float()
+
+    def reorder(self, index: Tensor) -> None:
+        self.text_cache.reorder(index)
+        for layer in self.dec_cache.layers[0::2]:  # self-attention; the image cache is per group
+            layer.reorder(index)
+
+
+def _process(logits: Tensor, generated: Tensor, step: int, cfg: GenerationConfig, eot_id: int) -> Tensor:
+    """Repetition penalty and minimum length on (N, V) logits; ``generated`` is (N, step)."""
+    if cfg.repetition_penalty != 1.0 and generated.shape[1]:
+        seen = logits.gather(1, generated)
+        seen = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
+        logits = logits.scatter(1, generated, seen)
+    if step < cfg.min_tokens:
+        logits[:, eot_id] = float("-inf")
+    return logits
+
+
+def _sample(logits: Tensor, cfg: GenerationConfig, generator: Optional[torch.Generator]) -> Tensor:
+    logits = logits / cfg.temperature
+    if cfg.top_k is not None:
+        kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > cfg.top_p  # mass before this token already exceeds p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def _strip(seq: list[int], eot_id: int, pad_id: int) -> list[int]:
+    out = []
+    for t in seq:
+        if t == eot_id:
+            break
+        if t != pad_id:
+            out.append(t)
+    return out
+
+
+@torch.inference_mode()
+def generate(model, images: Tensor, sot_id: int, eot_id: int, pad_id: int = 0,
+             cfg: Optional[GenerationConfig] = None) -> list[list[int]]:
+    """Caption token ids (start/end tokens removed) for a (B, 3, H, W) batch of images."""
+    cfg = cfg or GenerationConfig()
+    cfg.validate()
+    limit = min(model.cfg.decoder.context_length, model.cfg.text.context_length) - 1
+    max_tokens = min(cfg.max_tokens, limit)
+    image_tokens = model.visual(images).tokens  # (B, N, D), encoded once
+    if cfg.beams > 1:
+        return _beam_search(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens)
+    B = images.shape[0]
+    step_fn = _Stepper(model, image_tokens)
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=images.device).manual_seed(cfg.seed)
+    ids = torch.full((B, 1), sot_id, dtype=torch.long, device=images.device)
+    finished = torch.zeros(B, dtype=torch.bool, device=images.device)
+    for step in range(max_tokens):
+        logits = _process(step_fn(ids if step == 0 else ids[:, -1:]), ids[:, 1:], step, cfg, eot_id)
+        nxt = _sample(logits, cfg, generator) if cfg.sampling else logits.argmax(-1)
+        nxt = nxt.masked_fill(finished, pad_id)
+        finished |= nxt == eot_id
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        if finished.all():
+            break
+    return [_strip(row, eot_id, pad_id) for row in ids[:, 1:].tolist()]
+
+
+def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: int,
+                 cfg: GenerationConfig, max_tokens: int) -> list[list[int]]:
+    B, K, dev = image_tokens.shape[0], cfg.beams, image_tokens.device
+    step_fn = _Stepper(model, image_tokens.repeat_interleave(K, dim=0))  # (B*K, N, D)
+    ids = torch.full((B * K, 1), sot_id, dtype=torch.long, device=dev)
+    scores = torch.zeros(B, K, device=dev)
+    scores[:, 1:] = float("-inf")  # every beam starts equal: expand only the first
+    hyps: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = [False] * B
+    for step in range(max_tokens):
+        logits = step_fn(ids if step == 0 else ids[:, -1:])
+        logp = _process(logits, ids[:, 1:], step, cfg, eot_id).log_softmax(-1)  # (B*K, V)
+        V = logp.shape[-1]
+        cand = (scores.view(-1, 1) + logp).view(B, K * V)  # (B, K*V)
+        top_scores, top_idx = cand.topk(2 * K, dim=1)
+        top_beam, top_tok = (top_idx // V).tolist(), (top_idx % V).tolist()
+        top_scores = top_scores.tolist()
+        new_src, new_tok, new_score = [], [], []
+        for b in range(B):
+            if done[b]:  # keep the finished group alive with padding; it is ignored
+                new_src += [b * K + k for k in range(K)]
+                new_tok += [pad_id] * K
+                new_score += [float("-inf")] * K
+                continue
+            chosen = 0
+            for rank in range(2 * K):
+                src, tok, s = b * K + top_beam[b][rank], top_tok[b][rank], top_scores[b][rank]
+                if tok == eot_id:
+                    if rank < K:
+                        seq = ids[src, 1:].tolist() + [tok]
+                        hyps[b].append((s / len(seq) ** cfg.length_penalty, seq))
+                    continue
+                new_src.append(src), new_tok.append(tok), new_score.append(s)
+                chosen += 1
+                if chosen == K:
+                    break
+            hyps[b] = sorted(hyps[b], key=lambda h: -h[0])[:K]
+            best_running = max(new_score[-K:]) / (step + 1) ** cfg.length_penalty
+            done[b] = len(hyps[b]) >= K and hyps[b][-1][0] >= best_running
+        index = torch.tensor(new_src, device=dev)
+        ids = torch.cat([ids.index_select(0, index), torch.tensor(new_tok, device=dev)[:, None]], dim=1)
+        scores = torch.tensor(new_score, device=dev).view(B, K)
+        step_fn.reorder(index)
+        if all(done):
+            break
+    results = []
+    for b in range(B):
+        if not done[b]:
+            for k in range(K):
+                seq = ids[b * K + k, 1:].tolist()
+                if scores[b, k] > float("-inf"):
+                    hyps[b].append((scores[b, k].item() / len(seq) ** cfg.length_penalty, seq))
+        best = max(hyps[b], key=lambda h: h[0])[1]
+        results.append(_strip(best, eot_id, pad_id))
+    return results

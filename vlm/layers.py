@@ -1,0 +1,196 @@
+"""Transformer building blocks shared by the ViT, the text tower and the decoder.
+
+Pre-norm blocks (Vaswani et al. 2017, as used by ViT and CLIP): ``x + attn(norm(x))``
+then ``x + mlp(norm(x))``. Attention runs through
+``torch.nn.functional.scaled_dot_product_attention`` and can keep a key/value
+cache for incremental decoding (``LayerCache``): causal stacks append the new
+keys/values each step, cross-attention computes the image keys/values once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_act(name: str) -> nn.Module:
+    if name == "gelu":
+        return nn.GELU()
+    if name == "quick_gelu":
+        return QuickGELU()
+    raise ValueError(f"unknown activation {name!r}")
+
+
+@dataclass
+class LayerCache:
+    """Keys and values one attention layer has seen, each (B, heads, T, head_dim)."""
+
+    k: Optional[Tensor] = None
+    v: Optional[Tensor] = None
+
+    def reorder(self, index: Tensor) -> None:
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+@dataclass
+class KVCache:
+    """One ``LayerCache`` per attention layer of a stack (cross layers included)."""
+
+    layers: list = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n: int) -> "KVCache":
+        return cls([LayerCache() for _ in range(n)])
+
+    @property
+    def length(self) -> int:
+        """Number of positions already cached by the first (self-attention) layer."""
+        k = self.layers[0].k if self.layers else None
+        return 0 if k is None else k.shape[2]
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows, e.g. the surviving beams of beam search."""
+        for layer in self.layers:
+            layer.reorder(index)
+
+
+class Attention(nn.Module):
+    """Multi-head attention. Self-attention uses one fused qkv projection; with
+    ``kv_dim`` set it is cross-attention: queries from x, keys/values from a context."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: Optional[int] = None):
+        super().__init__()
+        assert dim % heads == 0, "width must be divisible by heads"
+        self.heads = heads
+        self.cross = kv_dim is not None
+        if self.cross:
+            self.q_proj = nn.Linear(dim, dim)
+            self.kv_proj = nn.Linear(kv_dim, 2 * dim)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _split(self, t: Tensor) -> Tensor:
+        B, T, C = t.shape
+        return t.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+        cache: Optional[LayerCache] = None,
+    ) -> Tensor:
+        B, T, C = x.shape
+        if self.cross:
+            q = self._split(self.q_proj(x))
+            if cache is not None and cache.k is not None:
+                k, v = cache.k, cache.v  # the context's keys/values, computed once
+            else:
+                k, v = self.kv_proj(context).chunk(2, dim=-1)
+                k, v = self._split(k), self._split(v)
+                if cache is not None:
+                    cache.k, cache.v = k, v
+        else:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            q, k, v = self._split(q), self._split(k), self._split(v)  # (B, nh, T, hs)
+            if cache is not None:
+                if cache.k is not None:
+                    k = torch.cat([cache.k, k], dim=2)
+                    v = torch.cat([cache.v, v], dim=2)
+                    if T == 1:
+                        is_causal = False  # a single new query may see every cached key
+                    elif is_causal:
+                        mask, is_causal = _offset_causal_mask(T, k.shape[2], x), False
+                cache.k, cache.v = k, v
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.out_proj(y)
+
+
+def _offset_causal_mask(t_new: int, t_total: int, like: Tensor) -> Tensor:
+    """Boolean mask letting new query i (at position t_total - t_new + i) see keys <= it."""
+    q_pos = torch.arange(t_total - t_new, t_total, device=like.device)[:, None]
+    k_pos = torch.arange(t_total, device=like.device)[None, :]
+    return k_pos <= q_pos  # (t_new, t_total)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = make_act(act)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention then MLP, each residual."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu", eps: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), act)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, is_causal: bool = False,
+                cache: Optional[LayerCache] = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask=mask, is_causal=is_causal, cache=cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm cross-attention block: queries from the text, keys/values from the
+    (separately normalised) image tokens, then an MLP."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int, mlp_ratio: float = 4.0, act: str = "gelu",
+                 eps: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm_kv = nn.LayerNorm(kv_dim, eps=eps)
+        self.attn = Attention(dim, heads, kv_dim=kv_dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), act)
+
+    def forward(self, x: Tensor, context: Optional[Tensor], cache: Optional[LayerCache] = None) -> Tensor:
+        if context is not None and (cache is None or cache.k is None):
+            context = self.norm_kv(context)
+        x = x + self.attn(self.norm1(x), context=context, cache=cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of ``Block``s with an optional gradient-checkpointing switch."""
+
+    def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: float, act: str, eps: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, act, eps) for _ in range(layers))
+        self.grad_checkpointing = False
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, is_causal: bool = False,
+                cache: Optional[KVCache] = None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            layer_cache = cache.layers[i] if cache is not None else None
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, mask, is_causal, layer_cache, use_reentrant=False)
+            else:
+                x = block(x, mask=mask, is_causal=is_causal, cache=layer_cache)
+        return x

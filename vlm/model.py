@@ -1,0 +1,106 @@
+"""CLIP and CoCa: one ViT shared by a contrastive text tower and (CoCa) a caption decoder.
+
+``CLIP`` (Radford et al. 2021) pairs the image and text towers; matching
+image/text pairs get the highest cosine similarity. ``CoCa`` (Yu et al. 2022)
+adds a caption decoder cross-attending to the image tokens. ``create_model``
+builds either from a ``ModelConfig``, chosen by its ``model_type`` key.
+
+``forward`` returns one typed ``ModelOutput``; the losses live in ``vlm.losses``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlm.config import ModelConfig, get_config
+from vlm.text.decoder import CaptionDecoder
+from vlm.text.transformer import TextTransformer
+from vlm.vision.vit import VisionTransformer
+
+
+@dataclass
+class ModelOutput:
+    image_embeds: Tensor  # (B, E) L2-normalised image embeddings
+    text_embeds: Optional[Tensor]  # (B, E) L2-normalised text embeddings
+    logit_scale: Tensor  # () exp of the learned temperature
+    caption_logits: Optional[Tensor] = None  # (B, L-1, V) next-token logits for text[:, :-1]
+    caption_labels: Optional[Tensor] = None  # (B, L-1) targets: text[:, 1:]
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim)
+        self.text = TextTransformer(cfg.text, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.apply(_init_linear)
+
+    def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
+        pooled = self.visual(images).pooled
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    def encode_text(self, text: Tensor, normalize: bool = True) -> Tensor:
+        pooled = self.text(text).pooled
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.transformer.grad_checkpointing = enable
+        self.text.transformer.grad_checkpointing = enable
+
+    def forward(self, images: Tensor, text: Optional[Tensor] = None) -> ModelOutput:
+        return ModelOutput(
+            image_embeds=self.encode_image(images),
+            text_embeds=self.encode_text(text) if text is not None else None,
+            logit_scale=self.logit_scale.exp(),
+        )
+
+
+class CoCa(CLIP):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.decoder = CaptionDecoder(cfg.decoder, self.visual.token_dim)
+        self.decoder.apply(_init_linear)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        super().set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+
+    def forward(self, images: Tensor, text: Optional[Tensor] = None, caption: bool = True) -> ModelOutput:
+        vis = self.visual(images)
+        image_embeds = F.normalize(vis.pooled, dim=-1)
+        if text is None:
+            return ModelOutput(image_embeds, None, self.logit_scale.exp())
+        txt = self.text(text)
+        logits = labels = None
+        if caption:
+            # Teacher forcing: the decoder reads tokens [0, L-1) and predicts tokens [1, L).
+            logits = self.decoder(txt.tokens[:, :-1], vis.tokens)  # (B, L-1, V)
+            labels = text[:, 1:]  # (B, L-1)
+        return ModelOutput(image_embeds, F.normalize(txt.pooled, dim=-1), self.logit_scale.exp(), logits, labels)
+
+
+MODEL_TYPES = {"clip": CLIP, "coca": CoCa}
+
+
+def create_model(cfg: ModelConfig | str) -> CLIP:
+    """Build a randomly initialised model from a config or a named architecture."""
+    if isinstance(cfg, str):
+        cfg = get_config(cfg)
+    return MODEL_TYPES[cfg.model_type](cfg)
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.normal_(m.weight, std=0.02)
