@@ -1,0 +1,68 @@
+"""``vlm classify IMAGE_OR_DIR... --labels "cat,dog"``: zero-shot classification.
+
+Each label is embedded through every prompt template; the label embedding is the
+mean of the normalised template embeddings (a prompt ensemble, as in CLIP).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from vlm.cli.common import Parser, Reporter, add_model_args, iter_batches, load_pipeline
+from vlm.errors import UsageError
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="vlm classify", description="Zero-shot classify images with text labels.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,car"')
+    labels.add_argument("--labels-file", metavar="F", help="a file with one label per line")
+    p.add_argument("--template", action="append", default=None, metavar="T",
+                   help='prompt template with {} for the label; repeat for an ensemble (default: the model\'s)')
+    p.add_argument("--top-k", type=int, default=5, help="labels to show per image")
+    add_model_args(p)
+    return p
+
+
+def read_labels(args) -> list[str]:
+    if args.labels_file is not None:
+        path = Path(args.labels_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"--labels-file {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--labels-file {path}: unreadable ({e.__class__.__name__})") from None
+        labels = [line.strip() for line in text.splitlines()]
+        source = f"--labels-file {path}"
+    else:
+        labels = [s.strip() for s in args.labels.split(",")]
+        source = "--labels"
+    labels = [label for label in labels if label]
+    if not labels:
+        raise UsageError(f"{source}: empty label list")
+    return labels
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    labels = read_labels(args)
+    if args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: must be at least 1")
+    pipe = load_pipeline(args)
+    label_embeds = pipe.label_embeddings(labels, args.template)
+    out = Reporter(args.json)
+    for batch in iter_batches(args.inputs, args.batch_size):
+        good = [it for it in batch if it.error is None]
+        results = iter(pipe.classify([it.image for it in good], labels, top_k=args.top_k,
+                                     label_embeds=label_embeds) if good else [])
+        for it in batch:
+            if it.error is not None:
+                out.error(it, "classify")
+                continue
+            top = next(results)
+            text = f"{it.source}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top)
+            out.result({"image": it.source, "top": [{"label": l, "prob": p} for l, p in top]}, text)
+    return out.exit_code

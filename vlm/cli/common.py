@@ -1,0 +1,104 @@
+"""Pieces shared by the subcommands: the argument parser, model options, image
+batches that survive bad inputs, and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+from vlm.errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``vlm caption: error: ... (see --help)``."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def add_model_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
+    p.add_argument("--model", default=None, metavar="NAME_OR_DIR",
+                   help="shipped model name, checkpoint directory, open_clip:ARCH or hf:NAME (default: the shipped default model)")
+    p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE",
+                   help="with --model open_clip:ARCH: the pretrained tag or checkpoint file")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    if image_size:
+        p.add_argument("--image-size", type=int, default=None, metavar="N",
+                       help="run at this resolution; position embeddings are resized bicubically")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def load_pipeline(args):
+    import vlm
+
+    name = args.model
+    if getattr(args, "pretrained", None):
+        if not (name or "").startswith("open_clip:"):
+            raise UsageError("--pretrained goes with --model open_clip:ARCH")
+        name = f"{name}@{args.pretrained}"
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    return vlm.load(name, device=args.device, image_size=getattr(args, "image_size", None))
+
+
+@dataclass
+class Item:
+    source: str  # the path as the user gave it (or found in a directory)
+    image: object = None  # the loaded PIL image
+    error: Optional[str] = None  # one-line reason it failed
+
+
+def iter_batches(inputs: Sequence[str], batch_size: int, progress: bool = True) -> Iterator[list[Item]]:
+    """Batches of items in input order; a bad input becomes an item with an error."""
+    from vlm.images import ImageLoadError, collect_images, load_image
+
+    paths, errors = collect_images(inputs)
+    for err in errors:  # nonexistent paths, directories without images
+        yield [Item(source=_error_source(err), error=str(err))]
+    bar = None
+    if progress and len(paths) > 5 and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="img", file=sys.stderr, leave=False)
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start : start + batch_size]:
+            try:
+                batch.append(Item(source=str(path), image=load_image(path)))
+            except ImageLoadError as e:
+                batch.append(Item(source=str(path), error=str(e)))
+        yield batch
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+
+
+def _error_source(err) -> str:
+    return getattr(err, "source", None) or str(err).split(": ", 1)[0]
+
+
+class Reporter:
+    """Prints results and errors; counts failures for the exit status."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.failed = 0
+
+    def error(self, item: Item, command: str) -> None:
+        self.failed += 1
+        print(f"vlm {command}: error: {item.error}", file=sys.stderr)
+        if self.as_json:
+            print(json.dumps({"image": item.source, "error": item.error}), flush=True)
+
+    def result(self, obj: dict, text: str) -> None:
+        print(json.dumps(obj) if self.as_json else text, flush=True)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
