@@ -1,0 +1,342 @@
+"""Image loading and CLIP-style preprocessing.
+
+``load_image`` turns a path (or an in-memory PIL image) into a fully decoded
+8-bit RGB image: EXIF orientation applied, transparency composited onto
+white, 16-bit data scaled (not clipped) to 8 bit, the first frame of an
+animation.  Every failure is an ``ImageLoadError`` whose text is one line,
+``"<input>: <reason>"``, fit to print straight to a user.
+
+``preprocess`` reproduces open_clip's eval transform
+(``open_clip.transform.image_transform(S, is_train=False, ...)``) with PIL
+alone: same output-size rounding, same crop offsets, same float32 arithmetic,
+so tensors are bit-identical for RGB input in the "shortest" and "squash"
+resize modes (and "longest", which pads with black).
+
+Only stdlib, numpy and PIL are imported at module load; torch is imported
+inside the functions that build tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import warnings
+import zlib
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageLoadError",
+    "PreprocessConfig",
+    "collect_images",
+    "load_image",
+    "preprocess",
+    "preprocess_batch",
+]
+
+#: File suffixes (lower case, with the dot) that ``collect_images`` picks up
+#: when it expands a directory.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
+)
+
+OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+RESIZE_MODES = ("shortest", "squash", "longest")
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+_EXIF_ORIENTATION = 0x0112
+
+# Exceptions Pillow's decoders raise on damaged data (besides OSError).
+_CORRUPT_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, zlib.error)
+
+
+class ImageLoadError(ValueError):
+    """An image could not be found or decoded; ``str()`` is ``"<input>: <reason>"``."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+    def __reduce__(self):  # keep picklable (multiprocessing data loaders)
+        return (type(self), (self.source, self.reason))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _bomb_reason(exc: BaseException) -> str:
+    """Reason text for a decompression-bomb error/warning raised by Pillow."""
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    limit = Image.MAX_IMAGE_PIXELS
+    if match and limit:
+        return (
+            f"image too large ({match.group(1)} pixels exceeds the "
+            f"{limit}-pixel decompression-bomb limit)"
+        )
+    return "image too large (exceeds the decompression-bomb limit)"
+
+
+def _scale_16bit(arr: np.ndarray) -> np.ndarray:
+    """Map 0..65535 onto 0..255 (rounding), the inverse of the usual x*257."""
+    arr = np.clip(arr.astype(np.float64), 0, 65535)
+    return np.rint(arr / 257.0).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (alpha composited onto white)."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img)
+        # "I;16*" is 16-bit by definition.  32-bit "I" has no recorded bit
+        # depth: data that goes above 255 is taken as 16-bit, else as 8-bit.
+        if mode == "I" and arr.size and int(arr.max()) <= 255:
+            gray = np.clip(arr, 0, 255).astype(np.uint8)
+        else:
+            gray = _scale_16bit(arr)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        if finite.size and finite.max() <= 1.0:
+            arr = arr * 255.0
+        gray = np.rint(np.clip(np.nan_to_num(arr), 0, 255)).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _finish(img: Image.Image, label: str) -> Image.Image:
+    """EXIF-transpose and convert a loaded image; conversion errors become ImageLoadError."""
+    try:
+        # Check the tag first: exif_transpose copies the image even when
+        # there is nothing to do.
+        if img.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None):
+            img = ImageOps.exif_transpose(img)
+    except _CORRUPT_ERRORS:
+        pass  # unreadable EXIF block: keep the pixels as stored
+    try:
+        return _to_rgb(img)
+    except (ValueError, OSError) as exc:
+        raise ImageLoadError(label, f"unsupported image mode {img.mode!r} ({exc})") from None
+
+
+def load_image(src: str | os.PathLike | Image.Image) -> Image.Image:
+    """Load ``src`` as a fully decoded 8-bit RGB ``PIL.Image.Image``.
+
+    Accepts a path or an already-open PIL image.  Handles JPEG, PNG, WebP,
+    GIF (first frame), TIFF and BMP; grayscale, 16-bit, palette, CMYK and
+    alpha modes; EXIF orientation.  Raises ``ImageLoadError`` on any failure.
+    """
+    if isinstance(src, Image.Image):
+        label = str(getattr(src, "filename", "") or "<PIL.Image>")
+        try:
+            src.load()
+        except _CORRUPT_ERRORS:
+            raise ImageLoadError(label, "truncated or corrupt image data") from None
+        return _finish(src, label)
+
+    label = os.fspath(src)
+    if isinstance(label, bytes):
+        label = os.fsdecode(label)
+    try:
+        if os.path.isdir(label):
+            raise ImageLoadError(label, "is a directory, not an image file")
+        if os.path.getsize(label) == 0:
+            raise ImageLoadError(label, "file is empty (0 bytes)")
+        with open(label, "rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(fh)
+                img.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageLoadError(label, _bomb_reason(exc)) from None
+            except UnidentifiedImageError:
+                raise ImageLoadError(label, "not an image file (cannot identify image format)") from None
+            except _CORRUPT_ERRORS:
+                raise ImageLoadError(label, "truncated or corrupt image data") from None
+            return _finish(img, label)
+    except FileNotFoundError:
+        raise ImageLoadError(label, "no such file or directory") from None
+    except PermissionError:
+        raise ImageLoadError(label, "permission denied") from None
+    except IsADirectoryError:
+        raise ImageLoadError(label, "is a directory, not an image file") from None
+    except ImageLoadError:
+        raise
+    except OSError as exc:
+        raise ImageLoadError(label, exc.strerror or str(exc) or type(exc).__name__) from None
+
+
+def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[ImageLoadError]]:
+    """Expand ``inputs`` into image paths, in input order.
+
+    A directory contributes its image files (suffix in ``IMAGE_EXTENSIONS``,
+    case-insensitive), sorted by name, not recursively.  A file is kept as
+    given whatever its suffix.  Missing paths and image-less directories are
+    returned as errors rather than raised.
+    """
+    paths: list[str] = []
+    errors: list[ImageLoadError] = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            try:
+                names = sorted(os.listdir(item))
+            except OSError as exc:
+                errors.append(ImageLoadError(item, exc.strerror or "cannot list directory"))
+                continue
+            found = [
+                os.path.join(item, name)
+                for name in names
+                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+                and os.path.isfile(os.path.join(item, name))
+            ]
+            if found:
+                paths.extend(found)
+            else:
+                errors.append(ImageLoadError(item, "directory contains no images"))
+        elif os.path.exists(item):
+            paths.append(item)
+        else:
+            errors.append(ImageLoadError(item, "no such file or directory"))
+    return paths, errors
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+@dataclass
+class PreprocessConfig:
+    """How an image becomes a model input tensor (matches open_clip's eval transform)."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    resize_mode: str = "shortest"  # "shortest" | "squash" | "longest"
+    interpolation: str = "bicubic"  # "bicubic" | "bilinear"
+
+    def __post_init__(self) -> None:
+        self.image_size = int(self.image_size)
+        self.mean = tuple(float(x) for x in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(x) for x in self.std)  # type: ignore[assignment]
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std must have 3 values (R, G, B)")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) after scaling the shorter side to ``size``; long side truncated like torchvision."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def _longest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) after scaling the longer side to ``size``; Python round() like open_clip."""
+    ratio = max(height / size, width / size)
+    return round(width / ratio), round(height / ratio)
+
+
+def _resize(img: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
+    return img if img.size == size else img.resize(size, resample)
+
+
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Crop a size x size square; offsets round half to even as torchvision does."""
+    width, height = img.size
+    if width < size or height < size:
+        img = _pad_center(img, size)
+        width, height = img.size
+        if (width, height) == (size, size):
+            return img
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def _pad_center(img: Image.Image, size: int) -> Image.Image:
+    """Pad with black to at least size x size (extra pixel on the right/bottom)."""
+    width, height = img.size
+    new_w, new_h = max(width, size), max(height, size)
+    left = (size - width) // 2 if size > width else 0
+    top = (size - height) // 2 if size > height else 0
+    canvas = Image.new(img.mode, (new_w, new_h), 0)
+    canvas.paste(img, (left, top))
+    return canvas
+
+
+def _resized_square(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    size = cfg.image_size
+    resample = INTERPOLATIONS[cfg.interpolation]
+    width, height = img.size
+    if cfg.resize_mode == "squash":
+        return _resize(img, (size, size), resample)
+    if cfg.resize_mode == "longest":
+        img = _resize(img, _longest_side_size(width, height, size), resample)
+        return _center_crop(img, size)
+    img = _resize(img, _shortest_side_size(width, height, size), resample)
+    return _center_crop(img, size)
+
+
+def preprocess(image: Image.Image, cfg: PreprocessConfig) -> "torch.Tensor":
+    """Image -> normalized float32 tensor of shape (3, S, S).
+
+    Non-RGB images are first converted as ``load_image`` does (alpha over
+    white, 16-bit scaled); open_clip instead resizes in the original mode and
+    converts afterwards, so parity is exact for RGB input only.
+    """
+    import torch
+
+    if image.mode != "RGB":
+        image = _to_rgb(image)
+    square = _resized_square(image, cfg)
+    arr = np.array(square, dtype=np.uint8)  # (S, S, 3), writable copy
+    tensor = torch.from_numpy(arr).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+def preprocess_batch(images: Iterable[Image.Image], cfg: PreprocessConfig) -> "torch.Tensor":
+    """Preprocess several images into one (B, 3, S, S) float32 tensor."""
+    import torch
+
+    tensors = [preprocess(img, cfg) for img in images]
+    if not tensors:
+        return torch.empty(0, 3, cfg.image_size, cfg.image_size, dtype=torch.float32)
+    return torch.stack(tensors)
