@@ -109,9 +109,9 @@ def load_checkpoint_tokenizer(directory, cfg: ModelConfig):
         return load_tokenizer(directory)
     except FileNotFoundError:
         if cfg.tokenizer == "clip_bpe":  # a CLIP-vocabulary checkpoint saved without its files
-            from vlm.tokenizers.clip_bpe import ClipBPETokenizer
+            from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
-            return ClipBPETokenizer(context_length=cfg.text.context_length)
+            return CLIPBPETokenizer(context_length=cfg.text.context_length)
         raise CheckpointError(f"{directory}: no tokenizer files (tokenizer_config.json)") from None
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{directory}: unreadable tokenizer ({e})") from None

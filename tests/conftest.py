@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny models at the real layouts, a tiny checkpoint on disk, sample images."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shrink(cfg, vocab: int = 1000):
+    """The same architecture (pooling, CLS layout, decoder) at tiny width and depth."""
+    cfg = copy.deepcopy(cfg)
+    v, t = cfg.vision, cfg.text
+    v.width, v.layers, v.heads = 32, 2, 2
+    v.image_size = 2 * v.patch_size
+    v.attn_pool_queries, v.attn_pool_heads = min(v.attn_pool_queries, 5), 2
+    t.width, t.layers, t.heads, t.vocab_size = 32, 2, 2, vocab
+    t.eot_id = min(t.eot_id, vocab - 1)
+    cfg.embed_dim = 32 if cfg.model_type == "clip" or v.pool != "attn" else 32
+    if cfg.decoder is not None:
+        d = cfg.decoder
+        d.width, d.layers, d.heads, d.vocab_size = 32, 2, 2, vocab
+    cfg.validate()
+    return cfg
+
+
+def perturb(model, scale: float = 0.5, seed: int = 0):
+    """Random weights with non-degenerate outputs: noise on every parameter, LayerNorm gains off 1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * (p.std() if p.numel() > 1 and p.std() > 0 else 0.02))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A saved tiny CoCa with the CLIP BPE tokenizer (random weights)."""
+    from vlm.checkpoint import save_pretrained
+    from vlm.model import create_model
+    from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
+
+    torch.manual_seed(0)
+    model = perturb(create_model("tiny"))
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_pretrained(model, out, tokenizer=CLIPBPETokenizer(context_length=model.cfg.text.context_length))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory) -> dict[str, Path]:
+    """A few valid images and every kind of bad input the CLI must survive."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("imgs")
+    good = d / "good"
+    good.mkdir()
+    for i, color in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (40 + 7 * i, 30), color).save(good / f"{i}_{color}.png")
+    files = {"good_dir": good, "good": good / "0_red.png"}
+    (d / "empty.png").write_bytes(b"")
+    files["empty"] = d / "empty.png"
+    data = (good / "1_green.png").read_bytes()
+    (d / "truncated.png").write_bytes(data[: len(data) // 2])
+    files["truncated"] = d / "truncated.png"
+    (d / "notimage.jpg").write_text("hello, I am a text file\n")
+    files["notimage"] = d / "notimage.jpg"
+    Image.new("1", (12000, 8000)).save(d / "bomb.png")  # 96 Mpx > PIL's 89.5 Mpx limit
+    files["bomb"] = d / "bomb.png"
+    (d / "noimages").mkdir()
+    (d / "noimages" / "readme.txt").write_text("no pictures here")
+    files["noimages"] = d / "noimages"
+    files["missing"] = d / "does_not_exist.png"
+    return files
+
+
+def run_vlm(*args, timeout: float = 180, env=None) -> subprocess.CompletedProcess:
+    """Run the real `vlm` console entry point as a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("VLM_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "vlm.cli.main", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=REPO)
