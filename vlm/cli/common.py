@@ -57,30 +57,31 @@ def iter_batches(inputs: Sequence[str], batch_size: int, progress: bool = True) 
     """Batches of items in input order; a bad input becomes an item with an error."""
     from vlm.images import ImageLoadError, collect_images, load_image
 
-    paths, errors = collect_images(inputs)
-    for err in errors:  # nonexistent paths, directories without images
-        yield [Item(source=_error_source(err), error=str(err))]
+    entries: list = []  # a path to load, or the ImageLoadError of an input that expanded to nothing
+    for inp in inputs:
+        paths, errors = collect_images([inp])
+        entries += paths + errors
+    n_paths = sum(not isinstance(e, ImageLoadError) for e in entries)
     bar = None
-    if progress and len(paths) > 5 and sys.stderr.isatty():
+    if progress and n_paths > 5 and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), unit="img", file=sys.stderr, leave=False)
-    for start in range(0, len(paths), batch_size):
+        bar = tqdm(total=n_paths, unit="img", file=sys.stderr, leave=False)
+    for start in range(0, len(entries), batch_size):
         batch = []
-        for path in paths[start : start + batch_size]:
+        for entry in entries[start : start + batch_size]:
+            if isinstance(entry, ImageLoadError):
+                batch.append(Item(source=entry.source, error=str(entry)))
+                continue
             try:
-                batch.append(Item(source=str(path), image=load_image(path)))
+                batch.append(Item(source=str(entry), image=load_image(entry)))
             except ImageLoadError as e:
-                batch.append(Item(source=str(path), error=str(e)))
+                batch.append(Item(source=str(entry), error=str(e)))
         yield batch
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(sum(it.error is None for it in batch))
     if bar is not None:
         bar.close()
-
-
-def _error_source(err) -> str:
-    return getattr(err, "source", None) or str(err).split(": ", 1)[0]
 
 
 class Reporter:
