@@ -88,13 +88,11 @@ def load_weights(model, state: dict[str, torch.Tensor], source) -> None:
 
 def load_pretrained(directory, device: Optional[str] = None):
     """Load (model, tokenizer) from a checkpoint directory; the model is in eval mode."""
-    from vlm.model import MODEL_TYPES
+    from vlm.model import create_model
 
     directory = Path(directory)
     cfg = load_config(directory)
-    with torch.device("meta"):
-        model = MODEL_TYPES[cfg.model_type](cfg)
-    model = model.to_empty(device="cpu")
+    model = create_model(cfg, init=False)  # every weight comes from the file
     load_weights(model, load_state_dict(directory / WEIGHTS_NAME), directory)
     tokenizer = load_checkpoint_tokenizer(directory, cfg)
     if device is not None:
