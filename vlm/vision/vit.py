@@ -112,6 +112,10 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, prefix + gh*gw, width), after the transformer blocks."""
+        P = self.cfg.patch_size
+        if images.shape[-2] % P or images.shape[-1] % P:  # the strided conv would silently drop pixels
+            raise ValueError(f"image size {images.shape[-2]}x{images.shape[-1]} is not a multiple of the "
+                             f"patch size {P}")
         x = self.patch_embed(images)  # (B, W, gh, gw)
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, W)
