@@ -8,6 +8,20 @@ relative position (from object centers), 3x3 region and background kind.
 About half the images hold a single object; these also get a color+shape class
 label for zero-shot classification.
 
+Captions (5 distinct ones drawn from 6 forms per scene type; lower case, no
+final period; "an" before "orange")::
+
+    one object:  "a red circle", "a large red circle", "one red circle on a
+                 striped background", "there is a large red circle on a striped
+                 background", "a large red circle in the top left of the image",
+                 "a picture of one red circle"
+    two objects: "a large red circle to the left of a small blue star" (left /
+                 right / above / below from the centers), its inverse, "a red
+                 circle and a blue star [on a plain background]", "two shapes on
+                 a plain background"; same class: "two red circles [side by side]"
+    three:       "two red circles and a blue star", "a small red circle, a large
+                 red circle and a small blue star from left to right", ...
+
 Layout written by ``generate_shapes(out_dir, n, seed)``::
 
     out_dir/images/000001.png ...          RGB PNGs, image ids start at 1
