@@ -93,7 +93,9 @@ def plot_position_similarity(sim: np.ndarray, path, title: str = "Position-embed
     side = min(9.0, max(4.0, 0.45 * max(gh, gw) + 2.5))
     fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")
-    im = ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    off_diagonal = sim.reshape(gh * gw, gh * gw)[~np.eye(gh * gw, dtype=bool)]
+    low = math.floor(float(off_diagonal.min()) * 10) / 10 if off_diagonal.size else -1.0
+    im = ax.imshow(mosaic, cmap=cmap, vmin=max(-1.0, min(low, 0.9)), vmax=1, interpolation="nearest")
     step = max(1, math.ceil(max(gh, gw) / 16))  # at most ~16 tick labels per axis
     ax.set_xticks([c * cell_w + (gw - 1) / 2 for c in range(0, gw, step)])
     ax.set_xticklabels([str(c + 1) for c in range(0, gw, step)], fontsize=8)
@@ -132,7 +134,7 @@ def plot_attention_distance(dist: np.ndarray, path, title: str = "Mean attention
         top = max(float(np.nanmax(dist)) if np.isfinite(dist).any() else 0.0, reference or 0.0) * 1.15 or 1.0
     ax.set_ylim(0, top)
     if H <= 16:
-        ax.legend(fontsize=6, ncol=2 if H > 8 else 1, loc="upper left", frameon=False)
+        ax.legend(fontsize=6, ncol=2 if H > 8 else 1, loc="best", framealpha=0.7)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()

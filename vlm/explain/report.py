@@ -16,6 +16,7 @@ Run: ``vlm explain IMAGE --out DIR [--text "a caption"]`` or, from Python,
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -79,14 +80,14 @@ def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str
         raise ModelError(f"{pipe.name}: --text needs a caption decoder, and this model has none (a CLIP model)")
     if text is not None and not text.strip():
         raise UsageError("--text is empty: give the caption whose words to explain")
+    vcfg = model.cfg.vision
+    P = vcfg.patch_size
+    x = pipe.images_to_tensor([image])  # (1, 3, S, S)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out_dir}: cannot create the directory ({e.strerror or e})") from None
-    vcfg = model.cfg.vision
-    P = vcfg.patch_size
-    x = pipe.images_to_tensor([image])  # (1, 3, S, S)
     S = x.shape[-1]
     grid = (x.shape[-2] // P, x.shape[-1] // P)
     pic = display_image(x[0], pipe.preprocess_cfg.mean, pipe.preprocess_cfg.std)
@@ -125,7 +126,7 @@ def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str
     result.files["attention_distance"] = _write(
         figures.plot_attention_distance, out / "attention_distance.png", dist, reference=ref, max_distance=top,
         title=_wrap(f"Mean attention distance per head of {name} on this image ({res}). Distance between patch "
-                    f"centres weighted by attention, CLS token excluded, averaged over query patches", 60))
+                    f"centres weighted by attention, CLS token excluded, averaged over query patches", 78))
 
     roll = attention_rollout(att.layers, att.num_prefix, att.pooler, att.grid)[0]
     result.rollout = roll
@@ -158,8 +159,6 @@ def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str
 
 
 def _wrap(text: str, width: int) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width))
 
 
