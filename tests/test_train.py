@@ -1,0 +1,173 @@
+"""Training with Accelerate on CPU: loss goes down, 2-process launch, exact resume, NaN guard,
+higher-resolution fine-tuning, CLIP -> CoCa initialisation, config overrides, decay rule.
+
+Run: ``pytest tests/test_train.py -q``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm.data.shapes import generate_shapes
+from vlm.training import load_train_config, train
+from vlm.training.optim import decays
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = str(ROOT / "configs" / "micro.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return generate_shapes(tmp_path_factory.mktemp("shapes") / "train", 64, seed=11)
+
+
+def run_script(args: list[str], launcher: list[str] | None = None, timeout: int = 240):
+    cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), "--config", MICRO, *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def losses(path: Path) -> dict[int, float]:
+    return {r["step"]: r["total"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_micro_run_loss_goes_down(shapes, tmp_path):
+    cfg = load_train_config(MICRO, [f"data.root={shapes}", f"output_dir={tmp_path}", "steps=30"])
+    result = train(cfg)
+    hist = result["losses"]
+    assert result["finished"] and len(hist) == 30
+    first, last = sum(hist[:5]) / 5, sum(hist[-5:]) / 5
+    assert last < first - 0.5, (first, last)
+    import vlm
+
+    pipe = vlm.load(str(tmp_path / "model"))  # the export is a loadable checkpoint
+    assert len(pipe.caption([shapes / "images" / "000001.png"], max_tokens=5)) == 1
+
+
+def test_two_process_accelerate_launch(shapes, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    r = run_script([f"data.root={shapes}", f"output_dir={tmp_path}", "steps=4", "save_every=2",
+                    "data.batch_size=8"], launcher)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "checkpoints" / "step_0000004"
+    assert (ckpt / "trainer_state.json").is_file() and (ckpt / "optimizer.bin").is_file()
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert (ckpt / "export" / "config.json").is_file()
+    assert sorted(losses(tmp_path / "losses.jsonl")) == [1, 2, 3, 4]
+
+
+def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    # 320 pairs in batches of 16: 20 steps per epoch, so the resumed part crosses an epoch
+    common = [f"data.root={shapes}", "steps=24", "data.batch_size=16", "lr=3e-3"]
+    r = run_script(common + [f"output_dir={full}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_script(common + [f"output_dir={part}", "stop_after=13"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stopped at step 13" in r.stdout + r.stderr
+    assert sorted(losses(part / "losses.jsonl")) == list(range(1, 14))
+    r = run_script(common + [f"output_dir={part}", "resume=latest"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stdout + r.stderr
+    a, b = losses(full / "losses.jsonl"), losses(part / "losses.jsonl")
+    assert sorted(b) == list(range(1, 25))
+    steps = range(14, 25)
+    assert torch.allclose(torch.tensor([a[s] for s in steps]), torch.tensor([b[s] for s in steps]),
+                          rtol=1e-4, atol=1e-5), ([a[s] for s in steps], [b[s] for s in steps])
+
+
+def script_main():
+    """scripts/train.py's importable main(argv)."""
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_non_finite_loss_stops_the_run_with_the_step(shapes, tmp_path, capsys):
+    main = script_main()
+    rc = main(["--config", MICRO, f"data.root={shapes}", f"output_dir={tmp_path}", "steps=6",
+               "debug_nan_at_step=3"])
+    assert rc == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: non-finite loss at step 3: total=nan"), last
+    assert not (tmp_path / "model").exists()
+    # an absurd learning rate is caught the same way, at the step it happens
+    rc = main(["--config", MICRO, f"data.root={shapes}", f"output_dir={tmp_path / 'lr'}", "steps=20",
+               "lr=1e30", "clip_grad_norm=null", "warmup_steps=0"])
+    assert rc == 1
+    assert "non-finite loss at step " in capsys.readouterr().err
+
+
+def test_bad_config_is_one_line(tmp_path, capsys):
+    r = run_script([f"output_dir={tmp_path}", "freeze=[wings]"])  # a real process: exit status 2
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "freeze=['wings']: towers are visual, text, decoder" in r.stderr
+    assert script_main()(["--config", MICRO, f"output_dir={tmp_path}", f"data.root={tmp_path / 'nothing'}"]) == 2
+    assert "no such dataset directory" in capsys.readouterr().err
+
+
+def test_fine_tune_at_higher_resolution(shapes, tmp_path):
+    base = load_train_config(MICRO, [f"data.root={shapes}", f"output_dir={tmp_path / 'base'}", "steps=2"])
+    train(base)
+    hi = load_train_config(MICRO, [f"data.root={shapes}", f"output_dir={tmp_path / 'hi'}", "steps=3",
+                                   f"init_from={tmp_path / 'base' / 'model'}", "image_size=48",
+                                   f"tokenizer_path={tmp_path / 'base' / 'model'}"])
+    assert train(hi)["finished"]
+    saved = json.loads((tmp_path / "hi" / "model" / "config.json").read_text())
+    assert saved["vision"]["image_size"] == 48
+    from vlm.checkpoint import load_pretrained
+
+    model, _ = load_pretrained(tmp_path / "hi" / "model")
+    assert model.visual.pos_embed.shape[0] == 1 + (48 // 8) ** 2
+    assert model.encode_image(torch.zeros(1, 3, 48, 48)).shape == (1, model.cfg.embed_dim)
+
+
+def test_clip_checkpoint_gets_a_fresh_decoder_with_frozen_encoder(shapes, tmp_path):
+    from vlm.checkpoint import load_pretrained, save_pretrained
+    from vlm.config import get_config
+    from vlm.model import create_model
+    from vlm.tokenizers import train_sentencepiece
+
+    cfg = get_config("tiny")
+    cfg.model_type, cfg.decoder = "clip", None
+    cfg.text.vocab_size = 96
+    clip = create_model(cfg)
+    tok = train_sentencepiece(["a red circle", "two blue stars", "a green square"] * 50, tmp_path / "tok",
+                              vocab_size=40, model_type="bpe", context_length=32)
+    save_pretrained(clip, tmp_path / "clip", tok)
+    tc = load_train_config(MICRO, [f"data.root={shapes}", f"output_dir={tmp_path / 'run'}", "steps=3",
+                                   f"init_from={tmp_path / 'clip'}", "freeze=[visual]", "contrastive_weight=0"])
+    assert train(tc)["finished"]
+    coca, _ = load_pretrained(tmp_path / "run" / "model")
+    assert coca.cfg.model_type == "coca" and coca.decoder is not None
+    for k, v in clip.visual.state_dict().items():
+        assert torch.equal(coca.visual.state_dict()[k], v), k  # frozen encoder unchanged
+
+
+def test_config_overrides_and_decay_rule():
+    cfg = load_train_config(MICRO, ["model.vision.image_size=64", "data.batch_size=4", "lr=1e-4",
+                                    "freeze=[visual,text]"])
+    assert cfg.model_overrides["vision"]["image_size"] == 64 and cfg.model_overrides["text"]["vocab_size"] == 96
+    assert cfg.data.batch_size == 4 and cfg.lr == 1e-4 and cfg.freeze == ["visual", "text"]
+    with pytest.raises(ValueError, match="unknown key"):
+        load_train_config(MICRO, ["learning_rate=1"])
+    w = torch.zeros(4, 4)
+    assert decays("visual.transformer.blocks.0.mlp.fc1.weight", w)
+    assert decays("visual.patch_embed.weight", torch.zeros(4, 3, 2, 2))
+    for name in ("text.token_embed.weight", "visual.pos_embed", "visual.attn_pool.query",
+                 "visual.cls_token", "text.cls_token"):
+        assert not decays(name, w), name
+    assert not decays("visual.norm_post.weight", torch.zeros(4))
+    assert not decays("decoder.lm_head.bias", torch.zeros(4))
+    assert not decays("logit_scale", torch.zeros(()))

@@ -1,0 +1,73 @@
+"""``vlm evaluate``: captioning, retrieval and zero-shot metrics of a model on a dataset.
+
+    vlm evaluate --model runs/shapes_tiny/model --data data/shapes_test
+    vlm evaluate --data coco --split val --json        # COCO root: annotations/captions_val2017.json
+
+DIR is a COCO-format dataset dir (``annotations/captions.json`` + ``images/``,
+as ``vlm data shapes`` writes) or a COCO root. Metrics: see
+``vlm.evaluation.evaluate`` (CoCa, Yu et al. 2022, reports the same families).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from vlm.cli.common import Parser, add_model_args, load_pipeline
+from vlm.errors import UsageError
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="vlm evaluate", description="Captioning (BLEU, METEOR, ROUGE-L, CIDEr, SPICE), "
+               "retrieval recall@k and zero-shot accuracy on a COCO-format dataset.")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset dir with annotations/captions.json + images/, or a COCO root")
+    p.add_argument("--split", default=None, help="COCO root split: annotations/captions_{split}2017.json")
+    p.add_argument("--beams", type=int, default=1, help="beam search width for the captions (1: greedy)")
+    p.add_argument("--max-tokens", type=int, default=30, help="longest caption in tokens")
+    p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow; needs Stanford CoreNLP jars)")
+    p.add_argument("--no-meteor", action="store_true",
+                   help="skip METEOR (its Java start-up loads a paraphrase table: about a minute on a busy CPU)")
+    add_model_args(p)
+    p.set_defaults(batch_size=64)
+    return p
+
+
+def _clean(obj):
+    """JSON-safe: NaN -> None."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = Path(args.data)
+    if not data.is_dir():
+        raise UsageError(f"--data {args.data}: no such directory")
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError(f"--max-images {args.max_images}: must be at least 1")
+    from vlm.evaluation.evaluate import evaluate_model, format_report
+    from vlm.training.data import open_caption_dir
+
+    try:
+        open_caption_dir(data, args.split, load_images=False)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--data {args.data}: {e}") from None
+    pipe = load_pipeline(args)
+    try:
+        report = evaluate_model(pipe, data, args.split, batch_size=args.batch_size, beams=args.beams,
+                                max_tokens=args.max_tokens, max_images=args.max_images, spice=not args.no_spice,
+                                meteor=not args.no_meteor)
+    except ValueError as e:
+        raise UsageError(f"--data {args.data}: {e}") from None
+    report = {"model": pipe.name, "data": str(data), **report}
+    print(json.dumps(_clean(report)) if args.json else format_report(report))
+    return 0

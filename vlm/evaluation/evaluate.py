@@ -1,0 +1,151 @@
+"""Evaluate a model on a COCO-format caption dataset: captioning, retrieval and zero-shot.
+
+Reports, as in the CoCa paper's benchmarks (Yu et al. 2022):
+
+- captioning: BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when its jars are
+  installed, else a note) of greedy or beam-search captions against all
+  reference captions, via ``vlm.evaluation.captioning``;
+- retrieval: image->text and text->image recall@1/5/10 over every reference
+  caption (``vlm.evaluation.retrieval``);
+- zero-shot: top-1/top-5 accuracy when the dataset has class labels
+  (``classes.json`` with classes, templates and labels, as ``vlm data shapes`` writes);
+- ``shapes_attribute_accuracy``: on shapes data, the share of single-object
+  images whose caption names the correct color and shape.
+
+    pipe = vlm.load("runs/shapes_tiny/model")
+    report = evaluate_model(pipe, "data/shapes_test")
+
+Run: ``vlm evaluate --model M --data DIR [--split val] [--json]``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+def _load_objects(ann_file: Path) -> dict[int, list]:
+    """image id -> objects for shapes data (empty for other datasets)."""
+    try:
+        images = json.loads(Path(ann_file).read_text()).get("images", [])
+    except (OSError, ValueError):
+        return {}
+    return {int(im["id"]): im["objects"] for im in images if isinstance(im.get("objects"), list)}
+
+
+def load_classes(data_dir: Path) -> Optional[dict]:
+    """classes.json ({"classes", "templates", "labels": {image_id: class index}}) or None."""
+    path = Path(data_dir) / "classes.json"
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        classes = [str(c) for c in raw["classes"]]
+        labels = {int(k): int(v) for k, v in raw.get("labels", {}).items()}
+        templates = [str(t) for t in raw.get("templates") or ["{}"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a classes file ({e})") from None
+    return {"classes": classes, "templates": templates, "labels": labels}
+
+
+@torch.inference_mode()
+def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int = 64, beams: int = 1,
+                   max_tokens: int = 30, max_images: Optional[int] = None, spice: bool = True,
+                   meteor: bool = True) -> dict:
+    """All metrics the dataset allows for a loaded ``vlm.api.Pipeline`` (see the module docstring)."""
+    from vlm.data.collate import SkipCounter, load_or_skip
+    from vlm.evaluation.captioning import evaluate_captions
+    from vlm.evaluation.retrieval import retrieval_recall
+    from vlm.evaluation.shapes_check import shapes_attribute_accuracy
+    from vlm.evaluation.zeroshot import topk_accuracy
+    from vlm.generation import generate
+    from vlm.images import load_image, preprocess_batch
+    from vlm.training.data import open_caption_dir
+
+    ds = open_caption_dir(data_dir, split, load_images=False)
+    ids = ds.image_ids()[:max_images] if max_images else ds.image_ids()
+    skips = SkipCounter()
+    gen_cfg = pipe.generation_config(beams=beams, max_tokens=max_tokens) if pipe.can_caption else None
+    tok = pipe.tokenizer
+    kept: list[int] = []
+    embeds, captions = [], {}
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        images = [load_or_skip(lambda i=i: load_image(ds.image_path(i)), str(ds.image_path(i)), skips)
+                  for i in chunk]
+        chunk = [i for i, im in zip(chunk, images) if im is not None]
+        if not chunk:
+            continue
+        x = preprocess_batch([im for im in images if im is not None], pipe.preprocess_cfg).to(pipe.device)
+        embeds.append(pipe.model.encode_image(x).float().cpu())
+        if gen_cfg is not None:
+            rows = generate(pipe.model, x, tok.sot_id, tok.eot_id, tok.pad_id, gen_cfg)
+            captions.update({i: tok.decode(r).strip() for i, r in zip(chunk, rows)})
+        kept += chunk
+    if not kept:
+        raise ValueError(f"{data_dir}: no readable images ({skips.summary()})")
+    image_embeds = torch.cat(embeds)  # (N, E)
+    report: dict = {"num_images": len(kept), "skipped_images": skips.skipped, "notes": []}
+    if skips.skipped:
+        report["notes"].append(f"images: {skips.summary()}")
+
+    refs = {i: ds.captions_for(i) for i in kept}
+    if captions:
+        cap = evaluate_captions(refs, captions, spice=spice, meteor=meteor)
+        report["captioning"] = cap.metrics
+        report["notes"] += cap.notes
+        report["notes"] += [f"{name} skipped: switched off" for name, on in (("METEOR", meteor), ("SPICE", spice))
+                            if not on]
+        report["examples"] = [{"image_id": i, "caption": captions[i], "reference": refs[i][0]} for i in kept[:5]]
+    else:
+        report["notes"].append("captioning skipped: the model has no caption decoder")
+
+    texts = [c for i in kept for c in refs[i]]
+    text_to_image = [n for n, i in enumerate(kept) for _ in refs[i]]
+    text_embeds = torch.cat([pipe.encode_texts(texts[s:s + 256]).cpu() for s in range(0, len(texts), 256)])
+    report["retrieval"] = retrieval_recall(image_embeds @ text_embeds.t(), text_to_image)
+
+    classes = load_classes(Path(data_dir))
+    if classes is not None:
+        rows = [n for n, i in enumerate(kept) if i in classes["labels"]]
+        if rows:
+            label_embeds = pipe.label_embeddings(classes["classes"], classes["templates"]).cpu()
+            logits = image_embeds[rows] @ label_embeds.t()  # (N_labelled, C)
+            labels = [classes["labels"][kept[n]] for n in rows]
+            report["zero_shot"] = {**topk_accuracy(logits, labels), "num_images": len(rows),
+                                   "num_classes": len(classes["classes"])}
+    else:
+        report["notes"].append("zero-shot skipped: no classes.json in the dataset")
+
+    ann = Path(data_dir) / "annotations" / "captions.json"
+    objects = _load_objects(ann) if ann.is_file() else {}
+    if captions and objects:
+        acc, n = shapes_attribute_accuracy(captions, objects)
+        if n:
+            report["shapes_attribute_accuracy"] = acc
+            report["shapes_single_object_images"] = n
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Human-readable lines of an ``evaluate_model`` report."""
+    lines = [f"images: {report['num_images']} (skipped {report['skipped_images']})"]
+    if "captioning" in report:
+        lines.append("captioning: " + ", ".join(f"{k}={v:.4f}" for k, v in report["captioning"].items()))
+    r = report["retrieval"]
+    lines.append("retrieval: " + ", ".join(f"{k}={r[k]:.4f}" for k in
+                                            ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")))
+    if "zero_shot" in report:
+        z = report["zero_shot"]
+        lines.append(f"zero-shot ({z['num_images']} images, {z['num_classes']} classes): "
+                     f"top1={z['top1']:.4f}, top5={z['top5']:.4f}")
+    if "shapes_attribute_accuracy" in report:
+        lines.append(f"shapes attribute accuracy ({report['shapes_single_object_images']} single-object "
+                     f"images): {report['shapes_attribute_accuracy']:.4f}")
+    for ex in report.get("examples", [])[:3]:
+        lines.append(f"  {ex['image_id']}: {ex['caption']!r} (ref: {ex['reference']!r})")
+    lines += [f"note: {n}" for n in report["notes"]]
+    return "\n".join(lines)

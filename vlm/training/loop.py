@@ -1,0 +1,221 @@
+"""The training function: CoCa's joint contrastive + captioning objective on Accelerate.
+
+Follows CoCa (Yu et al. 2022): loss = contrastive_weight * InfoNCE +
+caption_weight * next-token cross-entropy, one ViT shared by both heads; a
+weight of 0 switches a head off (with caption_weight 0 the decoder is not run).
+Everything device- and process-related is Accelerate's: ``prepare``,
+``accumulate``, ``backward``, ``clip_grad_norm_``, ``save_state``/``load_state``,
+``skip_first_batches`` for exact resume, ``get_state_dict`` for FSDP-safe
+exports, and ``log`` to TensorBoard. A non-finite loss stops the run.
+
+    from vlm.training import load_train_config, train
+    train(load_train_config("configs/micro.yaml", ["steps=50"]))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from vlm.errors import UsageError, VlmError
+
+
+class NonFiniteLossError(VlmError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+def _hparams(cfg) -> dict:
+    from vlm.training.config import config_to_dict
+
+    flat = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            elif isinstance(v, (int, float, str, bool)):
+                flat[prefix + k] = v
+    walk("", config_to_dict(cfg))
+    return flat
+
+
+def _forward(model, batch, loss_fn, caption: bool) -> dict:
+    kwargs = {"caption": caption} if getattr(model.module if hasattr(model, "module") else model,
+                                             "decoder", None) is not None else {}
+    return loss_fn(model(batch["image"], batch["text"], **kwargs))
+
+
+@torch.no_grad()
+def validate(accelerator, model, val_loader, loss_fn, caption: bool) -> dict:
+    """Mean validation loss parts over every process's share of the validation loader."""
+    model.eval()
+    sums: dict[str, float] = {}
+    batches = 0
+    for batch in val_loader:
+        if batch["batch_size"] < 2:
+            continue
+        parts = _forward(model, batch, loss_fn, caption)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + accelerator.reduce(v.detach().float(), "mean").item()
+        batches += 1
+    model.train()
+    return {f"val/{k}": v / max(batches, 1) for k, v in sums.items()}
+
+
+def sample_captions(accelerator, model, val_set, tokenizer, n: int) -> list[str]:
+    """Greedy captions of the first ``n`` validation images (main process; not under FSDP)."""
+    from accelerate.utils import DistributedType
+
+    from vlm.generation import GenerationConfig, generate
+
+    if n <= 0 or val_set is None or accelerator.distributed_type == DistributedType.FSDP:
+        return []
+    net = accelerator.unwrap_model(model)
+    if getattr(net, "decoder", None) is None:
+        return []
+    items = [val_set[i] for i in range(min(n, len(val_set)))]
+    items = [it for it in items if it is not None]
+    if not items:
+        return []
+    images = torch.stack([it["image"] for it in items]).to(accelerator.device)
+    net.eval()
+    with torch.no_grad():
+        ids = generate(net, images, tokenizer.sot_id, tokenizer.eot_id, tokenizer.pad_id,
+                       GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
+    net.train()
+    return [f"{tokenizer.decode(row).strip()!r} (ref: {it['caption']!r})" for row, it in zip(ids, items)]
+
+
+def train(cfg) -> dict:
+    """Run the configured training; returns a summary dict (final step, losses, export dir)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from vlm.data.collate import SkipCounter
+    from vlm.losses import CoCaLoss
+    from vlm.training.data import build_loaders, build_tokenizer
+    from vlm.training.init import build_model
+    from vlm.training.optim import build_optimizer, build_scheduler
+    from vlm.training.state import export_model, find_resume, read_step, save_checkpoint
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
+        log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    if cfg.num_threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads)
+    set_seed(cfg.seed)
+    model, tokenizer = build_model(cfg)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(cfg, model.cfg, out, accelerator.is_main_process, accelerator.wait_for_everyone)
+    train_loader, val_loader, val_set = build_loaders(cfg, model.cfg, tokenizer)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+
+    caption = cfg.caption_weight > 0  # weight 0: skip the decoder forward
+    loss_fn = CoCaLoss(cfg.contrastive_weight, cfg.caption_weight, cfg.label_smoothing, tokenizer.pad_id)
+    extra = {"zero_shot_templates": cfg.zero_shot_templates} if cfg.zero_shot_templates else None
+    step = 0
+    if cfg.resume:
+        path = find_resume(out, cfg.resume)
+        accelerator.load_state(str(path))  # model, optimizer, scheduler, RNG, sampler
+        step = read_step(path)
+        accelerator.print(f"resumed from {path} at step {step}")
+    steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
+    if steps_per_epoch < 1:
+        raise UsageError(f"data.batch_size x grad_accum_steps x processes exceeds the {cfg.data.root} training set")
+    epoch, done = divmod(step, steps_per_epoch)
+    accelerator.init_trackers("train", config=_hparams(cfg))
+    log_path = out / "losses.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(_hparams(cfg), indent=2) + "\n")
+    skips = SkipCounter()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    acc: dict[str, float] = {}
+    micro, stop = 0, False
+    history: list[float] = []
+    model.train()
+    while step < cfg.steps:
+        train_loader.set_epoch(epoch)  # seeded shuffle: seed + epoch
+        loader = accelerator.skip_first_batches(train_loader, done * cfg.grad_accum_steps) if done else train_loader
+        done = 0
+        for batch in loader:
+            skips.update(batch)
+            if batch["batch_size"] < 2:  # (nearly) every image of the batch was unreadable
+                continue
+            with accelerator.accumulate(model):
+                parts = _forward(model, batch, loss_fn, caption)
+                loss = parts["total"]
+                if cfg.debug_nan_at_step == step + 1:
+                    loss = loss * float("nan")
+                if not bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()):
+                    detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items() if k != "total")
+                    bar.close()
+                    raise NonFiniteLossError(f"non-finite loss at step {step + 1}: total={loss.item()} "
+                                             f"({detail}); lower lr or check the data")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.clip_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            for k, v in parts.items():
+                acc[k] = acc.get(k, 0.0) + accelerator.reduce(v.detach().float(), "mean").item()
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            with torch.no_grad():  # CLIP caps the temperature at 100
+                for name, p in model.named_parameters():
+                    if name.endswith("logit_scale"):
+                        p.clamp_(0, math.log(100))
+            step += 1
+            record = {"step": step, **{k: v / micro for k, v in acc.items()}, "lr": scheduler.get_last_lr()[0]}
+            acc, micro = {}, 0
+            history.append(record["total"])
+            bar.update(1)
+            if accelerator.is_main_process:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
+                bar.set_postfix(loss=f"{record['total']:.4f}", lr=f"{record['lr']:.2e}")
+            if val_loader is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                metrics = validate(accelerator, model, val_loader, loss_fn, caption)
+                accelerator.log(metrics, step=step)
+                lines = sample_captions(accelerator, model, val_set, tokenizer, cfg.eval_captions) \
+                    if accelerator.is_main_process else []
+                accelerator.print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                for line in lines:
+                    accelerator.print(f"  {line}")
+            stop = cfg.stop_after is not None and step >= cfg.stop_after
+            if (cfg.save_every and step % cfg.save_every == 0) or (stop and step < cfg.steps):
+                save_checkpoint(accelerator, model, tokenizer, out, step, cfg.keep_checkpoints, extra)
+            if stop or step >= cfg.steps:
+                break
+        else:
+            epoch += 1
+            continue
+        if stop:
+            break
+    bar.close()
+    finished = step >= cfg.steps
+    export = out / "model"
+    if finished:
+        dtype = getattr(torch, cfg.export_dtype)
+        export_model(accelerator, model, tokenizer, export, dtype=None if dtype == torch.float32 else dtype,
+                     extra=extra)
+    accelerator.print(f"data: {skips.summary()}")
+    accelerator.print(f"{'finished' if finished else 'stopped'} at step {step}"
+                      + (f"; model saved to {export}" if finished else ""))
+    accelerator.end_training()
+    return {"step": step, "finished": finished, "export": str(export) if finished else None,
+            "losses": history, "skipped": skips.skipped}
