@@ -171,3 +171,17 @@ def test_config_overrides_and_decay_rule():
     assert not decays("visual.norm_post.weight", torch.zeros(4))
     assert not decays("decoder.lm_head.bias", torch.zeros(4))
     assert not decays("logit_scale", torch.zeros(()))
+
+
+def test_sincos_position_init():
+    from vlm.training.init import build_model, sincos_2d
+
+    codes = sincos_2d(4, 8)  # (16, 8)
+    assert codes.shape == (16, 8)
+    # the code of (row, col) depends on the offset only: equal shifts give equal dot products
+    idx = lambda r, c: 4 * r + c  # noqa: E731
+    assert torch.allclose(codes[idx(0, 0)] @ codes[idx(1, 2)], codes[idx(2, 1)] @ codes[idx(3, 3)], atol=1e-5)
+    model, _ = build_model(load_train_config(MICRO, ["pos_embed_init=sincos"]))
+    pe = model.visual.pos_embed
+    assert torch.equal(pe[0], torch.zeros_like(pe[0]))  # CLS row
+    assert torch.allclose(pe[1:], 0.2 * sincos_2d(model.visual.grid, pe.shape[1]))

@@ -48,6 +48,7 @@ class TrainConfig:
     tokenizer: str = "clip_bpe"  # clip_bpe | sentencepiece
     tokenizer_path: Optional[str] = None  # sentencepiece dir; None: train one on the captions
     tokenizer_model_type: str = "bpe"  # SentencePiece model trained at start: bpe | unigram
+    pos_embed_init: str = "random"  # random (the model's own init) | sincos (2-D sine-cosine)
     freeze: list = field(default_factory=list)  # towers to freeze: visual | text | decoder
     grad_checkpointing: bool = False
     # data
@@ -88,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: must be one of {MIXED_PRECISION}")
         if self.tokenizer not in ("clip_bpe", "sentencepiece"):
             raise ValueError(f"tokenizer={self.tokenizer!r}: must be clip_bpe or sentencepiece")
+        if self.pos_embed_init not in ("random", "sincos"):
+            raise ValueError(f"pos_embed_init={self.pos_embed_init!r}: must be random or sincos")
         bad = [t for t in self.freeze if t not in TOWERS]
         if bad:
             raise ValueError(f"freeze={bad}: towers are {', '.join(TOWERS)}")

@@ -95,7 +95,8 @@ def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True):
 
         if not d.karpathy_json:
             raise ValueError("data.kind=karpathy needs data.karpathy_json (dataset_coco.json)")
-        return KarpathySplit(d.karpathy_json, d.root, split, transform=transform, tokenize=tokenize)
+        return KarpathySplit(d.karpathy_json, d.root, split, transform=transform, tokenize=tokenize,
+                             load_images=load_images)
     from vlm.data.hf import load_caption_dataset
 
     return load_caption_dataset(d.hf_name or d.root, split=split, transform=transform, tokenize=tokenize)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -42,14 +43,14 @@ def _hparams(cfg) -> dict:
     return flat
 
 
-def _forward(model, batch, loss_fn, caption: bool) -> dict:
-    kwargs = {"caption": caption} if getattr(model.module if hasattr(model, "module") else model,
-                                             "decoder", None) is not None else {}
+def _forward(model, batch, loss_fn, caption: Optional[bool]) -> dict:
+    """Loss parts of one batch; ``caption`` is None for a CLIP (no decoder to switch)."""
+    kwargs = {} if caption is None else {"caption": caption}
     return loss_fn(model(batch["image"], batch["text"], **kwargs))
 
 
 @torch.no_grad()
-def validate(accelerator, model, val_loader, loss_fn, caption: bool) -> dict:
+def validate(accelerator, model, val_loader, loss_fn, caption: Optional[bool]) -> dict:
     """Mean validation loss parts over every process's share of the validation loader."""
     model.eval()
     sums: dict[str, float] = {}
@@ -114,13 +115,14 @@ def train(cfg) -> dict:
     if tokenizer is None:
         tokenizer = build_tokenizer(cfg, model.cfg, out, accelerator.is_main_process, accelerator.wait_for_everyone)
     train_loader, val_loader, val_set = build_loaders(cfg, model.cfg, tokenizer)
+    # weight 0: skip the decoder forward; None: a CLIP, no decoder at all
+    caption = (cfg.caption_weight > 0) if getattr(model, "decoder", None) is not None else None
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
-    caption = cfg.caption_weight > 0  # weight 0: skip the decoder forward
     loss_fn = CoCaLoss(cfg.contrastive_weight, cfg.caption_weight, cfg.label_smoothing, tokenizer.pad_id)
     extra = {"zero_shot_templates": cfg.zero_shot_templates} if cfg.zero_shot_templates else None
     step = 0
