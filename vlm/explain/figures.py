@@ -116,7 +116,7 @@ def plot_attention_distance(dist: np.ndarray, path, title: str = "Mean attention
     """(layers, heads) distances in pixels: one dot per head, layer on the x axis."""
     plt = _plt()
     L, H = dist.shape
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.45 * L + 3.0), 4.3), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * L + 3.5), 4.3), dpi=100)
     colors = plt.get_cmap("tab10" if H <= 10 else "tab20")(np.arange(H) % 20)
     for h in range(H):
         offset = (h - (H - 1) / 2) * min(0.05, 0.5 / H)  # spread the heads of a layer a little

@@ -126,7 +126,7 @@ def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str
     result.files["attention_distance"] = _write(
         figures.plot_attention_distance, out / "attention_distance.png", dist, reference=ref, max_distance=top,
         title=_wrap(f"Mean attention distance per head of {name} on this image ({res}). Distance between patch "
-                    f"centres weighted by attention, CLS token excluded, averaged over query patches", 78))
+                    f"centres weighted by attention, CLS token excluded, averaged over query patches", 72))
 
     roll = attention_rollout(att.layers, att.num_prefix, att.pooler, att.grid)[0]
     result.rollout = roll
