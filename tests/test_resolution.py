@@ -133,13 +133,18 @@ def test_sizes_that_are_not_a_multiple_of_the_patch_size_are_refused(tiny, tiny_
             tiny.visual(torch.zeros(1, 3, 36, 40))
 
 
-def test_cli_image_size_end_to_end(tiny_checkpoint, sample_images):
+def test_cli_image_size_end_to_end(tiny_checkpoint, sample_images, capsys):
+    from vlm.cli.main import main
+
     proc = run_vlm("classify", sample_images["good"], "--labels", "red,green,blue", "--model", tiny_checkpoint,
                    "--image-size", "64", "--json")
     assert proc.returncode == 0, proc.stderr
     obj = json.loads(proc.stdout)
     assert obj["image"] == str(sample_images["good"])
-    bad = run_vlm("caption", sample_images["good"], "--model", tiny_checkpoint, "--image-size", "36")
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == "vlm caption: error: --image-size 36: must be a positive multiple of the patch size 8"
-    assert bad.stdout == ""
+    probs = [t["prob"] for t in obj["top"]]
+    assert sorted(t["label"] for t in obj["top"]) == ["blue", "green", "red"]
+    assert all(math.isfinite(p) for p in probs) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+    assert main(["caption", str(sample_images["good"]), "--model", str(tiny_checkpoint), "--image-size", "36"]) == 2
+    out = capsys.readouterr()
+    assert out.err.strip() == "vlm caption: error: --image-size 36: must be a positive multiple of the patch size 8"
+    assert out.out == ""
