@@ -71,6 +71,7 @@ class PreprocessSpec:
     std: tuple = (0.26862954, 0.26130258, 0.27577711)  # per-channel normalisation std
     resize_mode: str = "shortest"  # "shortest" (resize + center crop), "squash" or "longest"
     interpolation: str = "bicubic"  # resize filter
+    crop_rounding: str = "round"  # center-crop offset: "round" (torchvision, open_clip) or "floor" (Hugging Face)
 
 
 @dataclass

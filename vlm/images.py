@@ -231,6 +231,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     resize_mode: str = "shortest"  # "shortest" | "squash" | "longest"
     interpolation: str = "bicubic"  # "bicubic" | "bilinear"
+    crop_rounding: str = "round"  # center-crop offset: "round" (torchvision, open_clip) | "floor" (Hugging Face)
 
     def __post_init__(self) -> None:
         self.image_size = int(self.image_size)
@@ -242,6 +243,8 @@ class PreprocessConfig:
             raise ValueError("mean and std must have 3 values (R, G, B)")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.crop_rounding not in ("round", "floor"):
+            raise ValueError(f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}"
@@ -276,16 +279,20 @@ def _resize(img: Image.Image, size: tuple[int, int], resample: int) -> Image.Ima
     return img if img.size == size else img.resize(size, resample)
 
 
-def _center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Crop a size x size square; offsets round half to even as torchvision does."""
+def _center_crop(img: Image.Image, size: int, rounding: str = "round") -> Image.Image:
+    """Crop a size x size square; offsets round half to even as torchvision does
+    (``rounding="floor"``: rounded down, as Hugging Face image processors do)."""
     width, height = img.size
     if width < size or height < size:
         img = _pad_center(img, size)
         width, height = img.size
         if (width, height) == (size, size):
             return img
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
+    if rounding == "floor":
+        top, left = (height - size) // 2, (width - size) // 2
+    else:
+        top = int(round((height - size) / 2.0))
+        left = int(round((width - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 
@@ -308,9 +315,9 @@ def _resized_square(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
         return _resize(img, (size, size), resample)
     if cfg.resize_mode == "longest":
         img = _resize(img, _longest_side_size(width, height, size), resample)
-        return _center_crop(img, size)
+        return _center_crop(img, size, cfg.crop_rounding)
     img = _resize(img, _shortest_side_size(width, height, size), resample)
-    return _center_crop(img, size)
+    return _center_crop(img, size, cfg.crop_rounding)
 
 
 def preprocess(image: Image.Image, cfg: PreprocessConfig) -> "torch.Tensor":
