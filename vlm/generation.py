@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vlm.packed_linear import packed_linears
+
 
 @dataclass
 class GenerationConfig:
@@ -112,15 +114,22 @@ def generate(model, images: Tensor, sot_id: int, eot_id: int, pad_id: int = 0,
     limit = min(model.cfg.decoder.context_length, model.cfg.text.context_length) - 1
     max_tokens = min(cfg.max_tokens, limit)
     image_tokens = model.visual(images).tokens  # (B, N, D), encoded once
-    if cfg.beams > 1:
-        return _beam_search(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens)
-    B = images.shape[0]
+    rows = images.shape[0] * cfg.beams  # every step multiplies this many rows by each weight matrix
+    with packed_linears([model.text.transformer, model.decoder], rows):
+        if cfg.beams > 1:
+            return _beam_search(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens)
+        return _greedy_or_sample(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens)
+
+
+def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: int,
+                      cfg: GenerationConfig, max_tokens: int) -> list[list[int]]:
+    B, dev = image_tokens.shape[0], image_tokens.device
     step_fn = _Stepper(model, image_tokens)
     generator = None
     if cfg.seed is not None:
-        generator = torch.Generator(device=images.device).manual_seed(cfg.seed)
-    ids = torch.full((B, 1), sot_id, dtype=torch.long, device=images.device)
-    finished = torch.zeros(B, dtype=torch.bool, device=images.device)
+        generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+    ids = torch.full((B, 1), sot_id, dtype=torch.long, device=dev)
+    finished = torch.zeros(B, dtype=torch.bool, device=dev)
     for step in range(max_tokens):
         logits = _process(step_fn(ids if step == 0 else ids[:, -1:]), ids[:, 1:], step, cfg, eot_id)
         nxt = _sample(logits, cfg, generator) if cfg.sampling else logits.argmax(-1)

@@ -104,7 +104,8 @@ class Attention(nn.Module):
             else:
                 k, v = self.kv_proj(context).chunk(2, dim=-1)
                 k, v = self._split(k), self._split(v)
-                if cache is not None:
+                if cache is not None:  # contiguous: attention over cached keys is then ~2x faster
+                    k, v = k.contiguous(), v.contiguous()
                     cache.k, cache.v = k, v
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
