@@ -1,0 +1,288 @@
+"""Benchmark vlm against open_clip on the same CoCa weights: caption generation and a training step.
+
+CoCa (Yu et al. 2022) at open_clip's real ``coca_ViT-B-32`` architecture with random,
+non-degenerate weights (``vlm.convert.parity.randomize_``), converted to vlm with
+``vlm.convert.open_clip``. Measured in one run, interleaved (vlm, open_clip, vlm,
+open_clip, ...) so machine noise hits both sides alike; medians are reported:
+
+- greedy: B images x N tokens, the full length forced on both sides (vlm
+  ``min_tokens = max_tokens = N``; open_clip ``seq_len = N + 1, min_seq_len = N``, top-k 1,
+  i.e. greedy). The first N - 1 tokens must be identical (open_clip forces its last
+  token to end-of-text);
+- beam search with K beams, same lengths (open_clip's ``CoCa.generate(generation_type="beam_search",
+  num_beam_groups=1)``);
+- a training step: forward + CoCa loss (contrastive + 2 x caption) + backward + AdamW step,
+  vlm's ``CoCaLoss`` vs open_clip's ``CoCaLoss``; first-step losses are compared.
+
+open_clip 3.3's ``CoCa.generate`` needs transformers < 4.56, so the open_clip side runs in its
+own interpreter (``--openclip-python``, e.g. a venv with ``transformers==4.55.*``) as a worker
+process; weights and inputs travel in a safetensors file, commands and results as JSON lines.
+
+    python scripts/benchmark_generate.py --openclip-python /work/venv-oc/bin/python --reps 5 \
+        --json-out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+# OpenMP threads that spin while waiting for each other stall badly when the cores are shared
+# (the benchmark machine runs other jobs); a passive wait policy, set for both sides alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SOT, EOT, PAD = 49406, 49407, 0
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------ open_clip worker
+
+
+def worker(args) -> None:
+    """Runs in the open_clip interpreter: answers {"op": ...} lines on stdin with JSON lines."""
+    import copy
+
+    import open_clip
+    import torch
+    from open_clip.loss import CoCaLoss
+    from safetensors.torch import load_file
+
+    _set_threads(args.threads)
+    data = load_file(args.state)
+    images, text = data.pop("__images__"), data.pop("__text__")
+    train_images, train_text = data.pop("__train_images__"), data.pop("__train_text__")
+    model = open_clip.create_model(args.arch)
+    model.load_state_dict(data)
+    model.eval()
+    train_model = opt = None
+    loss_fn = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=PAD)
+    reply = lambda obj: (sys.stdout.write(json.dumps(obj) + "\n"), sys.stdout.flush())  # noqa: E731
+    reply({"ready": True, "transformers": __import__("transformers").__version__,
+           "open_clip": open_clip.__version__, "torch": torch.__version__})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "quit":
+            break
+        if op in ("greedy", "beam"):
+            n = cmd["tokens"]
+            kw = dict(seq_len=n + 1, min_seq_len=n, sot_token_id=SOT, eos_token_id=EOT, pad_token_id=PAD)
+            if op == "greedy":
+                kw.update(generation_type="top_k", top_k=1, fixed_output_length=True)
+            else:
+                kw.update(generation_type="beam_search", num_beams=cmd["beams"], num_beam_groups=1)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = model.generate(images, **kw)
+            dt = time.perf_counter() - t0
+            reply({"time": dt, "tokens": out[:, 1:].tolist()})
+        elif op == "train":
+            if train_model is None:
+                train_model = copy.deepcopy(model).train()
+                opt = torch.optim.AdamW(train_model.parameters(), lr=1e-5)
+            t0 = time.perf_counter()
+            out = train_model(train_images, train_text)
+            losses = loss_fn(**out, output_dict=True)
+            total = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            dt = time.perf_counter() - t0
+            reply({"time": dt, "loss": float(total), "parts": {k: float(v) for k, v in losses.items()}})
+
+
+class Worker:
+    def __init__(self, python: str, state: str, arch: str, threads: int):
+        cmd = [python, os.path.abspath(__file__), "--worker", "--state", state, "--arch", arch,
+               "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"open_clip worker died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(timeout=60)
+
+
+# ----------------------------------------------------------------------------- vlm side
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for ln in out.splitlines():
+            if ln.startswith("Model name:"):
+                model = ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs visible"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--openclip-python", default="/work/venv-oc/bin/python",
+                   help="interpreter with open_clip_torch and transformers<4.56")
+    p.add_argument("--arch", default="coca_ViT-B-32")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=30)
+    p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per side (after one warm-up)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads on each side")
+    p.add_argument("--skip", nargs="*", default=[], choices=["greedy", "beam", "train"])
+    p.add_argument("--json-out", default=None)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--state", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
+    from vlm.convert.parity import randomize_
+    from vlm.generation import GenerationConfig, generate
+    from vlm.losses import CoCaLoss
+
+    _set_threads(args.threads)
+    torch.manual_seed(0)
+    oc_model = randomize_(open_clip.create_model(args.arch), seed=0, logit_gain=4.0).eval()
+    cfg = config_from_open_clip(open_clip.get_model_config(args.arch))
+    model = from_open_clip_model(oc_model, cfg).eval()
+    size = cfg.vision.image_size
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(args.batch, 3, size, size, generator=g)
+    train_images = torch.randn(args.train_batch, 3, size, size, generator=g)
+    L = cfg.text.context_length
+    train_text = torch.randint(1, 49000, (args.train_batch, L), generator=g)
+    train_text[:, 0] = SOT
+    for i in range(args.train_batch):  # captions of varied lengths, then padding
+        n = 8 + (i * 5) % (L - 10)
+        train_text[i, n] = EOT
+        train_text[i, n + 1:] = PAD
+    text = train_text[: args.batch].clone()
+    with tempfile.TemporaryDirectory() as tmp:
+        state_path = os.path.join(tmp, "state.safetensors")
+        state = {k: v.contiguous() for k, v in oc_model.state_dict().items()}
+        state.update(__images__=images, __text__=text, __train_images__=train_images, __train_text__=train_text)
+        save_file(state, state_path)
+        del state, oc_model
+        w = Worker(args.openclip_python, state_path, args.arch, args.threads)
+        try:
+            results = run(args, model, images, train_images, train_text, w, generate, GenerationConfig, CoCaLoss)
+        finally:
+            w.close()
+    results["machine"] = machine()
+    results["threads"] = args.threads
+    results["versions"] = {"vlm_torch": torch.__version__, "worker": w.info}
+    results["command"] = " ".join([os.path.basename(sys.executable), *sys.argv])
+    print(json.dumps(results, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+def _stats(vlm_times, oc_times, tokens: int) -> dict:
+    v, o = statistics.median(vlm_times), statistics.median(oc_times)
+    return {"vlm_s": v, "open_clip_s": o, "vlm_tokens_per_s": tokens / v, "open_clip_tokens_per_s": tokens / o,
+            "speedup": o / v, "vlm_all_s": vlm_times, "open_clip_all_s": oc_times}
+
+
+def run(args, model, images, train_images, train_text, w, generate, GenerationConfig, CoCaLoss) -> dict:
+    import copy
+
+    import torch
+
+    res: dict = {"arch": args.arch, "batch": args.batch, "tokens": args.tokens, "reps": args.reps}
+    n = args.tokens
+    if "greedy" not in args.skip:
+        gcfg = GenerationConfig(max_tokens=n, min_tokens=n)
+        vt, ot = [], []
+        for rep in range(args.reps + 1):  # rep 0 warms up both sides
+            t0 = time.perf_counter()
+            ours = generate(model, images, SOT, EOT, PAD, gcfg)
+            dt = time.perf_counter() - t0
+            theirs = w.ask(op="greedy", tokens=n)
+            if rep:
+                vt.append(dt)
+                ot.append(theirs["time"])
+            print(f"greedy rep {rep}: vlm {dt:.2f}s open_clip {theirs['time']:.2f}s", file=sys.stderr)
+        assert all(len(r) == n for r in ours) and all(len(r) == n for r in theirs["tokens"]), "lengths differ"
+        same = [a[: n - 1] == b[: n - 1] for a, b in zip(ours, theirs["tokens"])]
+        res["greedy"] = {**_stats(vt, ot, args.batch * n), "identical_first_n_minus_1": all(same),
+                         "rows_identical": sum(same), "example_vlm": ours[0][:10], "example_open_clip":
+                         theirs["tokens"][0][:10]}
+    if "beam" not in args.skip:
+        bcfg = GenerationConfig(max_tokens=n, min_tokens=n, beams=args.beams)
+        vt, ot = [], []
+        for rep in range(args.reps + 1):
+            t0 = time.perf_counter()
+            ours = generate(model, images, SOT, EOT, PAD, bcfg)
+            dt = time.perf_counter() - t0
+            theirs = w.ask(op="beam", tokens=n, beams=args.beams)
+            if rep:
+                vt.append(dt)
+                ot.append(theirs["time"])
+            print(f"beam rep {rep}: vlm {dt:.2f}s open_clip {theirs['time']:.2f}s", file=sys.stderr)
+        res["beam"] = {**_stats(vt, ot, args.batch * n), "beams": args.beams,
+                       "vlm_lengths": sorted({len(r) for r in ours}),
+                       "open_clip_lengths": sorted({len([t for t in r if t != PAD]) for r in theirs["tokens"]})}
+    if "train" not in args.skip:
+        tm = copy.deepcopy(model).train()
+        opt = torch.optim.AdamW(tm.parameters(), lr=1e-5)
+        loss_fn = CoCaLoss(contrastive_weight=1.0, caption_weight=2.0, pad_id=PAD)
+        vt, ot, vl, ol = [], [], [], []
+        for rep in range(args.reps + 1):
+            t0 = time.perf_counter()
+            parts = loss_fn(tm(train_images, train_text))
+            opt.zero_grad(set_to_none=True)
+            parts["total"].backward()
+            opt.step()
+            dt = time.perf_counter() - t0
+            theirs = w.ask(op="train")
+            vl.append(float(parts["total"]))
+            ol.append(theirs["loss"])
+            if rep:
+                vt.append(dt)
+                ot.append(theirs["time"])
+            print(f"train rep {rep}: vlm {dt:.2f}s open_clip {theirs['time']:.2f}s "
+                  f"loss {vl[-1]:.5f} / {ol[-1]:.5f}", file=sys.stderr)
+        v, o = statistics.median(vt), statistics.median(ot)
+        res["train"] = {"batch": args.train_batch, "vlm_s": v, "open_clip_s": o, "speedup": o / v,
+                        "vlm_all_s": vt, "open_clip_all_s": ot, "vlm_losses": vl, "open_clip_losses": ol,
+                        "first_loss_abs_diff": abs(vl[0] - ol[0])}
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(main())
