@@ -70,7 +70,10 @@ def packed_linears(modules: Iterable[nn.Module], rows: int, skip: tuple[str, ...
             for name, lin in module.named_modules():
                 if not isinstance(lin, nn.Linear) or name.endswith(skip) or not available(lin.weight):
                     continue
-                _packed(lin, rows)
+                try:
+                    _packed(lin, rows)
+                except RuntimeError:  # a shape or build the packed kernel does not take: plain path
+                    continue
                 lin.forward = types.MethodType(_forward, lin)  # instance attribute shadows nn.Linear.forward
                 patched.append(lin)
         yield len(patched)

@@ -1,0 +1,68 @@
+"""Pre-packed decoding weights (vlm.packed_linear): same numbers as F.linear, scoped to the
+``with`` block, and generation gives the same tokens with and without them."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlm.packed_linear import available, clear_cache, packed_linears
+
+pytestmark = pytest.mark.skipif(not available(torch.zeros(1)), reason="no MKL in this PyTorch build")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread, as OpenMP barrier waits dominate on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_packed_products_match_and_are_scoped():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+    x = torch.randn(8, 1, 64)
+    with torch.inference_mode():
+        ref = net(x)
+        with packed_linears([net], rows=8) as n:
+            assert n == 2 and "forward" in vars(net[0])
+            out = net(x)
+            other = net(torch.randn(3, 64))  # another row count: the ordinary path
+            assert other.shape == (3, 64)
+        assert "forward" not in vars(net[0]) and "forward" not in vars(net[2])
+    assert (out - ref).abs().max() < 1e-5 * ref.abs().max()
+    with packed_linears([net], rows=8):  # gradients: never the packed path
+        y = net(x)
+        y.sum().backward()
+    assert torch.equal(y, net(x)) and net[0].weight.grad is not None
+    clear_cache(net)
+    assert not hasattr(net[0], "_vlm_packed")
+
+
+def test_generation_tokens_identical_with_and_without_packing(monkeypatch):
+    from conftest import perturb, shrink
+
+    import vlm.generation as gen
+    from vlm.config import get_config
+    from vlm.model import create_model
+
+    torch.manual_seed(0)
+    model = perturb(create_model(shrink(get_config("coca_ViT-B-32"))), scale=1.0).eval()
+    with torch.no_grad():
+        model.decoder.lm_head.weight.mul_(20)  # clear margins between the best tokens
+    images = torch.randn(3, 3, model.cfg.vision.image_size, model.cfg.vision.image_size)
+    results = []
+    for packing in (True, False):
+        if not packing:
+            monkeypatch.setattr(gen, "packed_linears", lambda mods, rows: contextlib.nullcontext(0))
+        for beams in (1, 3):
+            cfg = gen.GenerationConfig(max_tokens=12, min_tokens=12, beams=beams)
+            results.append(gen.generate(model, images, 1, 999, 0, cfg))
+    assert results[:2] == results[2:]
+    assert len({t for row in results[0] for t in row}) > 3
