@@ -67,20 +67,19 @@ def test_two_process_accelerate_launch(shapes, tmp_path):
 
 def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    # 320 pairs in batches of 16: 20 steps per epoch, so the resumed part crosses an epoch
-    common = [f"data.root={shapes}", "steps=24", "data.batch_size=16", "lr=3e-3"]
-    r = run_script(common + [f"output_dir={full}"])
+    # 320 pairs in batches of 32: 10 steps per epoch, so the resumed part crosses an epoch
+    common = [f"data.root={shapes}", "steps=14", "data.batch_size=32", "lr=3e-3"]
+    train(load_train_config(MICRO, common + [f"output_dir={full}"]))
+    r = run_script(common + [f"output_dir={part}", "stop_after=6"])  # a real process that exits at step 6
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run_script(common + [f"output_dir={part}", "stop_after=13"])
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "stopped at step 13" in r.stdout + r.stderr
-    assert sorted(losses(part / "losses.jsonl")) == list(range(1, 14))
-    r = run_script(common + [f"output_dir={part}", "resume=latest"])
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "resumed from" in r.stdout + r.stderr
+    assert "stopped at step 6" in r.stdout + r.stderr
+    assert sorted(losses(part / "losses.jsonl")) == list(range(1, 7))
+    assert not (part / "model").exists()
+    resumed = train(load_train_config(MICRO, common + [f"output_dir={part}", "resume=latest"]))
+    assert resumed["finished"] and len(resumed["losses"]) == 8
     a, b = losses(full / "losses.jsonl"), losses(part / "losses.jsonl")
-    assert sorted(b) == list(range(1, 25))
-    steps = range(14, 25)
+    assert sorted(b) == list(range(1, 15))
+    steps = range(1, 15)
     assert torch.allclose(torch.tensor([a[s] for s in steps]), torch.tensor([b[s] for s in steps]),
                           rtol=1e-4, atol=1e-5), ([a[s] for s in steps], [b[s] for s in steps])
 
