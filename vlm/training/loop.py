@@ -111,10 +111,14 @@ def train(cfg) -> dict:
     if cfg.num_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
-    model, tokenizer = build_model(cfg)
-    if tokenizer is None:
-        tokenizer = build_tokenizer(cfg, model.cfg, out, accelerator.is_main_process, accelerator.wait_for_everyone)
-    train_loader, val_loader, val_set = build_loaders(cfg, model.cfg, tokenizer)
+    try:  # a bad model name, data path or vocabulary: one line, exit status 2
+        model, tokenizer = build_model(cfg)
+        if tokenizer is None:
+            tokenizer = build_tokenizer(cfg, model.cfg, out, accelerator.is_main_process,
+                                        accelerator.wait_for_everyone)
+        train_loader, val_loader, val_set = build_loaders(cfg, model.cfg, tokenizer)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from None
     # weight 0: skip the decoder forward; None: a CLIP, no decoder at all
     caption = (cfg.caption_weight > 0) if getattr(model, "decoder", None) is not None else None
     optimizer = build_optimizer(model, cfg)
