@@ -99,7 +99,8 @@ def worker(args) -> None:
             total.backward()
             opt.step()
             dt = time.perf_counter() - t0
-            reply({"time": dt, "loss": float(total.detach()), "parts": {k: float(v.detach()) for k, v in losses.items()}})
+            reply({"time": dt, "loss": float(total.detach()),
+                   "parts": {k: float(v.detach()) for k, v in losses.items()}})
 
 
 class Worker:

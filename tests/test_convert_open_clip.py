@@ -9,7 +9,6 @@ coca_ViT-B-32 check is in tests/test_convert_full_size.py.
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -27,7 +26,7 @@ from vlm.convert.open_clip import (  # noqa: E402
     convert_file,
     from_open_clip_model,
 )
-from vlm.convert.parity import randomize_  # noqa: E402
+from vlm.convert.parity import randomize_, shrink_open_clip_cfg  # noqa: E402
 from vlm.errors import CheckpointError, ModelError  # noqa: E402
 from vlm.generation import GenerationConfig, generate  # noqa: E402
 
@@ -48,16 +47,7 @@ def _one_thread():
 
 def tiny_cfg(arch: str) -> dict:
     """open_clip's real config of ``arch`` at tiny width and depth; every structural switch kept."""
-    cfg = copy.deepcopy(open_clip.get_model_config(arch))
-    v, t = cfg["vision_cfg"], cfg["text_cfg"]
-    v.update(width=48, layers=2, head_width=16, image_size=2 * v["patch_size"])
-    if v.get("attentional_pool"):
-        v.update(attn_pooler_queries=6, attn_pooler_heads=2)
-    t.update(width=32, layers=2, heads=2)
-    cfg["embed_dim"] = 32 if "multimodal_cfg" in cfg else 24  # CoCa: decoder width == embed_dim
-    if "multimodal_cfg" in cfg:
-        cfg["multimodal_cfg"].update(width=32, layers=2, heads=2)
-    return cfg
+    return shrink_open_clip_cfg(open_clip.get_model_config(arch))
 
 
 def build(arch: str, quick_gelu: bool = False, seed: int = 0):

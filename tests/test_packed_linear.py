@@ -7,7 +7,6 @@ import contextlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlm.packed_linear import available, clear_cache, packed_linears

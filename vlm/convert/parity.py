@@ -8,11 +8,15 @@ gains ~ 1 + N(0, 0.5²), scalars such as the logit scale set to log 10), which
 makes embeddings vary across inputs and caption logits spread out. It also
 overwrites open_clip parameters that are left uninitialised (``torch.empty``).
 
-Used by tests/test_convert_*.py and scripts/benchmark_generate.py.
+``shrink_open_clip_cfg`` keeps every structural switch of an open_clip model config
+(attentional pooler, appended CLS, decoder) at tiny width and depth, for fast tests.
+
+Used by tests/test_convert_*.py, scripts/check_parity.py and scripts/benchmark_generate.py.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -45,3 +49,17 @@ def randomize_(model: nn.Module, seed: int = 0, logit_gain: float = 1.0) -> nn.M
                 if name in ("text_decoder.text_projection", "decoder.lm_head.weight"):
                     p.mul_(logit_gain)
     return model
+
+
+def shrink_open_clip_cfg(model_cfg: dict) -> dict:
+    """An open_clip model config at tiny width and depth, every structural switch kept."""
+    cfg = copy.deepcopy(model_cfg)
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    v.update(width=48, layers=2, head_width=16, image_size=2 * v["patch_size"])
+    if v.get("attentional_pool"):
+        v.update(attn_pooler_queries=6, attn_pooler_heads=2)
+    t.update(width=32, layers=2, heads=2)
+    cfg["embed_dim"] = 32 if "multimodal_cfg" in cfg else 24  # CoCa: decoder width == embed_dim
+    if "multimodal_cfg" in cfg:
+        cfg["multimodal_cfg"].update(width=32, layers=2, heads=2)
+    return cfg
