@@ -305,6 +305,13 @@ def test_preprocessing_follows_open_clip_tags(tmp_path):
     model, _ = convert_file(tmp_path / "open_clip_pytorch_model.bin", str(tmp_path / "arch.json"))
     p = model.cfg.preprocess
     assert (p.mean, p.resize_mode, p.interpolation) == ((0.5, 0.5, 0.5), "squash", "bilinear")
+    # a named architecture takes the activation from that config too (OpenAI weights: QuickGELU)
+    real = open_clip.get_model_config("ViT-B-32")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {**real, "quick_gelu": True}}))
+    state = {k: torch.zeros(v.shape) for k, v in open_clip.create_model("ViT-B-32").state_dict().items()}
+    torch.save(state, tmp_path / "open_clip_pytorch_model.bin")
+    model, _ = convert_file(tmp_path / "open_clip_pytorch_model.bin", "ViT-B-32")
+    assert model.cfg.vision.act == model.cfg.text.act == "quick_gelu"
 
 
 def test_offline_tags_fail_fast_with_what_to_download(tmp_path, sample_images, monkeypatch):
@@ -314,7 +321,8 @@ def test_offline_tags_fail_fast_with_what_to_download(tmp_path, sample_images, m
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
     assert "open_clip:coca_ViT-B-32@laion2b_s13b_b90k: could not download (offline?)" in r.stderr
     assert "https://huggingface.co/laion/CoCa-ViT-B-32-laion2B-s13B-b90k" in r.stderr
-    assert "--pretrained /path/to/open_clip_pytorch_model.bin" in r.stderr and "--tag laion2b_s13b_b90k" in r.stderr
+    assert "--model open_clip:coca_ViT-B-32 --pretrained /path/to/open_clip_pytorch_model.bin" in r.stderr
+    assert "--tag laion2b_s13b_b90k" in r.stderr
     from vlm.convert.remote import load_remote
 
     for k, v in env.items():

@@ -334,16 +334,21 @@ def convert_file(path, arch: str, preprocess: Optional[PreprocessSpec] = None):
     """(model, tokenizer) from an open_clip checkpoint file of a supported architecture.
 
     Preprocessing: ``preprocess`` if given, else the ``preprocess_cfg`` of an
-    ``open_clip_config.json`` next to the file (as in Hub repos), else the architecture's default.
+    ``open_clip_config.json`` next to the file (as in Hub repos; its ``quick_gelu`` also applies),
+    else the architecture's default.
     """
     from vlm.convert.state_io import load_state_file
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
     from pathlib import Path
 
-    sibling = Path(path).parent / "open_clip_config.json"  # Hub repos ship one with the preprocessing
-    if preprocess is None and sibling.is_file():
-        preprocess = config_from_open_clip_file(sibling).preprocess
+    sibling = Path(path).parent / "open_clip_config.json"  # Hub repos ship one: preprocessing, activation
+    if sibling.is_file():
+        found = config_from_open_clip_file(sibling)
+        preprocess = preprocess or found.preprocess
+        named = not arch.endswith(".json")  # a config file given as --arch states its own activation
+        if named and found.vision.act == "quick_gelu" and not arch.endswith(QUICKGELU_SUFFIX):
+            arch += QUICKGELU_SUFFIX
     cfg = arch_config(arch, preprocess)
     model = model_from_state(load_state_file(path), cfg, source=str(path))
     return model, CLIPBPETokenizer(context_length=cfg.text.context_length)

@@ -141,8 +141,8 @@ def _load_open_clip_tag(arch: str, tag: str, name: str):
     if not can_reach(where):
         raise ModelError(
             f"{name}: could not download (offline?); download {files} into a directory yourself and pass "
-            f"--pretrained /path/to/{filename or 'checkpoint.pt'} (or that directory), or run "
-            f"`vlm convert open_clip FILE --arch {arch} --tag {tag} --out DIR`")
+            f"--model open_clip:{vlm_arch} --pretrained /path/to/{filename or 'checkpoint.pt'} (or that "
+            f"directory), or run `vlm convert open_clip FILE --arch {arch} --tag {tag} --out DIR`")
     try:
         import open_clip
 
