@@ -14,6 +14,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run fastest on one thread: OpenMP barrier waits dominate on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def shrink(cfg, vocab: int = 1000):
     """The same architecture (pooling, CLS layout, decoder) at tiny width and depth."""
     cfg = copy.deepcopy(cfg)
@@ -85,5 +94,6 @@ def run_vlm(*args, timeout: float = 180, env=None) -> subprocess.CompletedProces
     """Run the real `vlm` console entry point as a subprocess."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("VLM_DEBUG", None)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, "-m", "vlm.cli.main", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd=REPO)

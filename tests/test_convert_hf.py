@@ -29,15 +29,6 @@ TEXTS = ["a photo of a cat", "two dogs playing in the snow next to a red car", "
          "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e 42", "a " * 60]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread, as OpenMP barrier waits dominate on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def write_clip_tokenizer_files(directory) -> None:
     """vocab.json + merges.txt in CLIPTokenizer's format, built from CLIP's BPE merges (open_clip's file)."""
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer, find_clip_bpe_vocab

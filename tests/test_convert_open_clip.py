@@ -36,15 +36,6 @@ TEXTS = ["a photo of a cat", "two dogs playing in the snow next to a red car", "
          "émoji 😀 and punctuation!!! ...", "a " * 60]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread, as OpenMP barrier waits dominate on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cfg(arch: str) -> dict:
     """open_clip's real config of ``arch`` at tiny width and depth; every structural switch kept."""
     return shrink_open_clip_cfg(open_clip.get_model_config(arch))

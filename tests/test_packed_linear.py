@@ -14,15 +14,6 @@ from vlm.packed_linear import available, clear_cache, packed_linears
 pytestmark = pytest.mark.skipif(not available(torch.zeros(1)), reason="no MKL in this PyTorch build")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread, as OpenMP barrier waits dominate on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_packed_products_match_and_are_scoped():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
