@@ -230,12 +230,10 @@ class _RowDecoder:
         return load_image(value)  # an already decoded PIL image
 
 
-class HFCaptionDataset:
-    """Map-style image-caption dataset over a ``datasets.Dataset``."""
+class _DecodedView:
+    """What both dataset kinds expose of their row decoder: skip counts and column names."""
 
-    def __init__(self, hf_dataset: Any, decoder: _RowDecoder) -> None:
-        self.hf = hf_dataset
-        self._decode = decoder
+    _decode: _RowDecoder
 
     @property
     def skips(self) -> SkipCounter:
@@ -248,6 +246,14 @@ class HFCaptionDataset:
     @property
     def caption_column(self) -> str:
         return self._decode.caption_column
+
+
+class HFCaptionDataset(_DecodedView):
+    """Map-style image-caption dataset over a ``datasets.Dataset``."""
+
+    def __init__(self, hf_dataset: Any, decoder: _RowDecoder) -> None:
+        self.hf = hf_dataset
+        self._decode = decoder
 
     def __len__(self) -> int:
         return len(self.hf)
@@ -263,25 +269,13 @@ class HFCaptionDataset:
 def _make_streaming_class() -> type:
     import torch.utils.data
 
-    class StreamingCaptionDataset(torch.utils.data.IterableDataset):
+    class StreamingCaptionDataset(_DecodedView, torch.utils.data.IterableDataset):
         """Iterable image-caption dataset over a streaming ``datasets.IterableDataset``."""
 
         def __init__(self, hf_dataset: Any, decoder: _RowDecoder) -> None:
             super().__init__()
             self.hf = hf_dataset
             self._decode = decoder
-
-        @property
-        def skips(self) -> SkipCounter:
-            return self._decode.skips
-
-        @property
-        def image_column(self) -> str:
-            return self._decode.image_column
-
-        @property
-        def caption_column(self) -> str:
-            return self._decode.caption_column
 
         def shuffle(self, seed: int = 0, buffer_size: int = 1000) -> "StreamingCaptionDataset":
             """Shard order and a buffer of ``buffer_size`` rows shuffled (HF semantics)."""
