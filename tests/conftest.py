@@ -90,6 +90,26 @@ def sample_images(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+def open_clip_submodule(name: str):
+    """``open_clip.<name>`` loaded without running open_clip/__init__ (which imports torchvision
+    and timm: seconds); the real module when open_clip is already imported."""
+    import importlib
+    import importlib.util
+    import types
+
+    if "open_clip" in sys.modules:
+        return importlib.import_module(f"open_clip.{name}")
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("open_clip not installed")
+    alias = "_open_clip_reference"
+    if alias not in sys.modules:
+        pkg = types.ModuleType(alias)
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules[alias] = pkg
+    return importlib.import_module(f"{alias}.{name}")
+
+
 def run_vlm(*args, timeout: float = 180, env=None) -> subprocess.CompletedProcess:
     """Run the real `vlm` console entry point as a subprocess."""
     full_env = {**os.environ, **(env or {})}

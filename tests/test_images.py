@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import struct
-import sys
-import types
 import zlib
 from pathlib import Path
 
@@ -16,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, features
 
+from conftest import open_clip_submodule
 from vlm.images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
@@ -277,25 +274,10 @@ def test_preprocess_config_roundtrip():
         PreprocessConfig(interpolation="nearest")
 
 
-def _open_clip_transform_module():
-    """open_clip.transform, loaded without running open_clip/__init__ (saves seconds)."""
-    if "open_clip" in sys.modules:
-        return importlib.import_module("open_clip.transform")
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("open_clip not installed")
-    name = "_open_clip_reference"
-    if name not in sys.modules:
-        pkg = types.ModuleType(name)
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules[name] = pkg
-    return importlib.import_module(f"{name}.transform")
-
-
 @pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 def test_preprocess_matches_open_clip(resize_mode, interpolation):
-    oc = _open_clip_transform_module()
+    oc = open_clip_submodule("transform")
     sizes = [(333, 517), (517, 333), (101, 57), (225, 224), (1001, 999), (224, 224)]
     for image_size in (224, 97):
         cfg = PreprocessConfig(image_size=image_size, resize_mode=resize_mode, interpolation=interpolation)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import subprocess
@@ -12,6 +11,7 @@ import time
 import pytest
 import torch
 
+from conftest import open_clip_submodule
 from vlm.tokenizers import (
     CLIPBPETokenizer,
     SentencePieceTokenizer,
@@ -55,17 +55,8 @@ def clip_tok() -> CLIPBPETokenizer:
 
 @pytest.fixture(scope="module")
 def oc_tok():
-    """open_clip's tokenizer module, loaded from its file without importing open_clip (fast)."""
-    if "open_clip" in sys.modules:
-        return importlib.import_module("open_clip.tokenizer")
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("open_clip not installed")
-    path = f"{spec.submodule_search_locations[0]}/tokenizer.py"
-    mod_spec = importlib.util.spec_from_file_location("_open_clip_tokenizer_reference", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module
+    """open_clip's tokenizer module, loaded without importing open_clip (fast)."""
+    return open_clip_submodule("tokenizer")
 
 
 # ----------------------------------------------------------------------------- CLIP BPE
