@@ -2,6 +2,7 @@
 
     accelerate launch scripts/train.py --config configs/shapes_tiny.yaml
     accelerate launch --num_processes 2 scripts/train.py --config configs/micro.yaml steps=50 lr=3e-4
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train.py --config configs/micro.yaml
     python scripts/train.py --config configs/micro.yaml resume=latest
 
 ``key=value`` overrides reach any config field (dotted for nested ones,

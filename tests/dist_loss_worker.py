@@ -1,5 +1,7 @@
 """Worker for test_losses: each process holds one shard of a global batch and computes the
-contrastive loss (and its gradient) through torch.distributed with the gloo backend."""
+contrastive loss (and its gradient) through torch.distributed with the gloo backend.
+With a third argument "uneven" the shards differ in size (rank 0 holds 3 rows, rank 1 five),
+as when one process's batch lost unreadable images."""
 
 import json
 import os
@@ -11,22 +13,31 @@ import torch.distributed as dist
 from vlm.losses import contrastive_loss
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, uneven: bool = False) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     g = torch.Generator().manual_seed(0)
     img, txt = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
-    shard = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    bounds = [0, 3, 8] if uneven else [r * 8 // world for r in range(world + 1)]
+    shard = slice(bounds[rank], bounds[rank + 1])
     local_img = torch.nn.functional.normalize(img[shard], dim=-1).requires_grad_()
     local_txt = torch.nn.functional.normalize(txt[shard], dim=-1)
     loss = contrastive_loss(local_img, local_txt, torch.tensor(10.0))
     loss.backward()
-    grads = [torch.zeros_like(local_img.grad) for _ in range(world)]
-    dist.all_gather(grads, local_img.grad)
+    grads = [torch.zeros(bounds[r + 1] - bounds[r], 16) for r in range(world)]
+    if uneven:  # gloo's all_gather wants equal sizes: send to rank 0 one by one
+        if rank == 0:
+            grads[0] = local_img.grad
+            for r in range(1, world):
+                dist.recv(grads[r], src=r)
+        else:
+            dist.send(local_img.grad, dst=0)
+    else:
+        dist.all_gather(grads, local_img.grad)
     if rank == 0:
         json.dump({"loss": loss.item(), "grad": torch.cat(grads).tolist(), "world": world}, open(out_path, "w"))
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], uneven=sys.argv[2:] == ["uneven"])

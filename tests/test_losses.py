@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -26,11 +27,14 @@ def test_contrastive_loss_is_symmetric_cross_entropy():
     assert contrastive_loss(img, img, torch.tensor(100.0)) < 1e-6
 
 
-def test_contrastive_loss_across_two_gloo_processes_equals_single_process(tmp_path):
+@pytest.mark.parametrize("shards", ["even", "uneven"])
+def test_contrastive_loss_across_two_gloo_processes_equals_single_process(tmp_path, shards):
+    # uneven: rank 0 holds 3 of the 8 pairs, rank 1 five (a batch that lost unreadable images)
     worker = Path(__file__).with_name("dist_loss_worker.py")
     out = tmp_path / "dist.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(worker), str(out)]
+    port = "29533" if shards == "even" else "29534"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(worker), str(out), shards]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,12 @@ from vlm.training.optim import decays
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = str(ROOT / "configs" / "micro.yaml")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1"}
+# Two gloo processes on the CPU: `--multi_gpu` makes Accelerate start torchrun and
+# ACCELERATE_USE_CPU=1 makes each process a MULTI_CPU one. (`--cpu --num_processes 2` would start
+# ONE process: Accelerate's simple launcher.)
+TWO_CPU_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +45,10 @@ def losses(path: Path) -> dict[int, float]:
     return {r["step"]: r["total"] for r in map(json.loads, path.read_text().splitlines())}
 
 
+def lrs(path: Path) -> list[float]:
+    return [r["lr"] for r in sorted(map(json.loads, path.read_text().splitlines()), key=lambda r: r["step"])]
+
+
 def test_micro_run_loss_goes_down(shapes, tmp_path):
     cfg = load_train_config(MICRO, [f"data.root={shapes}", f"output_dir={tmp_path}", "steps=30"])
     result = train(cfg)
@@ -53,16 +63,47 @@ def test_micro_run_loss_goes_down(shapes, tmp_path):
 
 
 def test_two_process_accelerate_launch(shapes, tmp_path):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     r = run_script([f"data.root={shapes}", f"output_dir={tmp_path}", "steps=4", "save_every=2",
-                    "data.batch_size=8"], launcher)
+                    "data.batch_size=8"], TWO_CPU_PROCESSES)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es), MULTI_CPU, device cpu" in r.stdout, r.stdout[-2000:]
     ckpt = tmp_path / "checkpoints" / "step_0000004"
     assert (ckpt / "trainer_state.json").is_file() and (ckpt / "optimizer.bin").is_file()
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert (ckpt / "export" / "config.json").is_file()
     assert sorted(losses(tmp_path / "losses.jsonl")) == [1, 2, 3, 4]
+    # the schedule follows steps, not processes: the same learning rates as one process
+    single = train(load_train_config(MICRO, [f"data.root={shapes}", f"output_dir={tmp_path / 'one'}", "steps=4",
+                                             "data.batch_size=8"]))
+    assert single["finished"]
+    assert lrs(tmp_path / "losses.jsonl") == pytest.approx(lrs(tmp_path / "one" / "losses.jsonl"))
+
+
+def test_processes_that_cannot_talk_are_refused(shapes, tmp_path):
+    # torchrun with no GPU and no ACCELERATE_USE_CPU: two unconnected copies would train
+    env = {k: v for k, v in ENV.items() if k != "ACCELERATE_USE_CPU"}
+    cmd = TWO_CPU_PROCESSES + [str(ROOT / "scripts" / "train.py"), "--config", MICRO, f"data.root={shapes}",
+                               f"output_dir={tmp_path}", "steps=2"]
+    r = subprocess.run(cmd, cwd=ROOT, env={**env, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("train.py: error: WORLD_SIZE=2")]
+    assert ours and "ACCELERATE_USE_CPU=1" in ours[0], r.stderr[-2000:]  # (torchrun adds its own report)
+    assert not (tmp_path / "losses.jsonl").exists()
+
+
+def test_two_processes_with_unequal_and_empty_batches(tmp_path):
+    # 40 of 64 images missing, 4 pairs per process: batches of different sizes on the two
+    # processes, and batches that are empty on one process only (all skip them together)
+    data = generate_shapes(tmp_path / "data", 64, seed=12)
+    for n in range(1, 41):
+        (data / "images" / f"{n:06d}.png").unlink()
+    r = run_script([f"data.root={data}", f"output_dir={tmp_path / 'run'}", "steps=6", "data.batch_size=4"],
+                   TWO_CPU_PROCESSES, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "finished at step 6" in r.stdout and "2 process(es)" in r.stdout, r.stdout[-2000:]
+    skipped = re.search(r"data: skipped (\d+) of (\d+) items", r.stdout)
+    assert skipped and int(skipped.group(1)) > 0, r.stdout[-2000:]
 
 
 def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path):

@@ -2,9 +2,9 @@
 
 - ``contrastive_loss``: CLIP's symmetric cross-entropy over the image-text
   cosine-similarity matrix. Under torch.distributed the features of every
-  process are gathered (with gradients) and the labels come from the gathered
-  batch, so each process computes exactly the single-process loss of the global
-  batch.
+  process are gathered (with gradients, also when the processes hold different
+  batch sizes) and the labels come from the gathered batch, so each process
+  computes exactly the single-process loss of the global batch.
 - ``caption_loss``: next-token cross-entropy that ignores padding, with optional
   label smoothing.
 - ``CoCaLoss``: the weighted sum, returning every named part.
@@ -22,18 +22,37 @@ from torch import Tensor
 from vlm.model import ModelOutput
 
 
-def gather_features(x: Tensor) -> Tensor:
-    """Concatenate (B, E) features from every process in rank order, keeping gradients."""
+def _batch_sizes(x: Tensor) -> list[int]:
+    """Every process's batch size, in rank order (they differ when images were skipped)."""
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s) for s in sizes]
+
+
+def gather_features(x: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Concatenate (B, E) features from every process in rank order, keeping gradients.
+
+    Processes may hold different B (a batch that lost unreadable images): each
+    pads to the largest B for the collective and the padding is cut off again.
+    ``sizes`` (from ``_batch_sizes``) saves a collective when already known.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)  # (world * B, E)
+    sizes = sizes or _batch_sizes(x)
+    if len(set(sizes)) == 1:
+        return torch.cat(all_gather(x), dim=0)  # (world * B, E)
+    padded = F.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))  # (max B, E)
+    return torch.cat([part[:n] for part, n in zip(all_gather(padded), sizes)], dim=0)  # (sum B, E)
 
 
 def contrastive_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor) -> Tensor:
     """Symmetric InfoNCE over the (gathered) batch; row i of each matches column i."""
-    img, txt = gather_features(image_embeds), gather_features(text_embeds)
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    sizes = _batch_sizes(image_embeds) if distributed else None
+    img, txt = gather_features(image_embeds, sizes), gather_features(text_embeds, sizes)
     logits = logit_scale * img @ txt.t()  # (N, N), N = global batch
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2

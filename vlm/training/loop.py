@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -49,6 +50,15 @@ def _forward(model, batch, loss_fn, caption: Optional[bool]) -> dict:
     return loss_fn(model(batch["image"], batch["text"], **kwargs))
 
 
+def usable(accelerator, batch: dict) -> bool:
+    """Whether every process trains on this batch: all of them skip it together when one
+    process lost (nearly) all its images, so none waits in a collective the others skip."""
+    if accelerator.num_processes == 1:
+        return batch["batch_size"] >= 2
+    sizes = accelerator.gather(torch.tensor([batch["batch_size"]], device=accelerator.device))  # (world,)
+    return int(sizes.min()) >= 1 and int(sizes.sum()) >= 2
+
+
 @torch.no_grad()
 def validate(accelerator, model, val_loader, loss_fn, caption: Optional[bool]) -> dict:
     """Mean validation loss parts over every process's share of the validation loader."""
@@ -56,7 +66,7 @@ def validate(accelerator, model, val_loader, loss_fn, caption: Optional[bool]) -
     sums: dict[str, float] = {}
     batches = 0
     for batch in val_loader:
-        if batch["batch_size"] < 2:
+        if not usable(accelerator, batch):
             continue
         parts = _forward(model, batch, loss_fn, caption)
         for k, v in parts.items():
@@ -108,6 +118,10 @@ def train(cfg) -> dict:
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:  # torchrun started N copies that would not talk to each other
+        raise UsageError(f"WORLD_SIZE={launched}: {launched} processes were launched but Accelerate found no "
+                         f"device for distributed training; for CPU processes set ACCELERATE_USE_CPU=1")
     if cfg.num_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
@@ -139,6 +153,8 @@ def train(cfg) -> dict:
     if steps_per_epoch < 1:
         raise UsageError(f"data.batch_size x grad_accum_steps x processes exceeds the {cfg.data.root} training set")
     epoch, done = divmod(step, steps_per_epoch)
+    accelerator.print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
+                      f"device {accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
     accelerator.init_trackers("train", config=_hparams(cfg))
     log_path = out / "losses.jsonl"
     if accelerator.is_main_process:
@@ -156,7 +172,7 @@ def train(cfg) -> dict:
         done = 0
         for batch in loader:
             skips.update(batch)
-            if batch["batch_size"] < 2:  # (nearly) every image of the batch was unreadable
+            if not usable(accelerator, batch):  # (nearly) every image of a batch was unreadable
                 continue
             with accelerator.accumulate(model):
                 parts = _forward(model, batch, loss_fn, caption)
@@ -219,6 +235,10 @@ def train(cfg) -> dict:
         dtype = getattr(torch, cfg.export_dtype)
         export_model(accelerator, model, tokenizer, export, dtype=None if dtype == torch.float32 else dtype,
                      extra=extra)
+    if accelerator.num_processes > 1:  # every process's skips, not only the main one's
+        seen, skipped = accelerator.reduce(torch.tensor([skips.seen, skips.skipped], device=accelerator.device),
+                                           "sum").tolist()
+        skips = SkipCounter(seen=int(seen), skipped=int(skipped))
     accelerator.print(f"data: {skips.summary()}")
     accelerator.print(f"{'finished' if finished else 'stopped'} at step {step}"
                       + (f"; model saved to {export}" if finished else ""))

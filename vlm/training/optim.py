@@ -51,8 +51,8 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.
 
 
 def build_scheduler(optimizer, cfg, num_processes: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR; Accelerate's prepared scheduler steps ``num_processes`` times per step,
-    so the schedule is stretched by that factor (as in Accelerate's examples)."""
-    total, warmup = cfg.steps * num_processes, cfg.warmup_steps * num_processes
+    """A LambdaLR over optimizer steps. Accelerate's prepared scheduler steps
+    ``num_processes`` times per optimizer step, so its count is divided back: every
+    process count gives the learning rates of one process, step for step."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_with_warmup(s, total, warmup, cfg.min_lr_ratio))
+        optimizer, lambda s: cosine_with_warmup(s // num_processes, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
