@@ -310,3 +310,22 @@ def test_longest_mode_pads_with_black():
     black = -torch.tensor(cfg.mean) / torch.tensor(cfg.std)
     assert torch.allclose(out[:, 0, 16], black) and torch.allclose(out[:, 31, 16], black)
     assert torch.allclose(out[:, 16, 16], (1 - torch.tensor(cfg.mean)) / torch.tensor(cfg.std))
+
+
+def test_training_transform_follows_the_model_crop_rounding():
+    # a converted Hugging Face CLIP crops with floor: training must crop the same way as inference
+    import dataclasses
+
+    from vlm.config import get_config
+    from vlm.training.data import image_transform
+
+    cfg = get_config("tiny")
+    size = cfg.vision.image_size
+    img = _noise(size + 3, size, seed=3)  # crop offset 1.5: round gives 2, floor 1
+    for rounding in ("round", "floor"):
+        model_cfg = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, crop_rounding=rounding))
+        want = preprocess(img, PreprocessConfig.for_model(model_cfg))
+        assert torch.equal(image_transform(model_cfg)(img), want)
+    floor = image_transform(dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess,
+                                                                                     crop_rounding="floor")))(img)
+    assert not torch.equal(floor, image_transform(cfg)(img))

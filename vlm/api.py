@@ -193,10 +193,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
         model, tokenizer = load_pretrained(directory)
     model = model.to(dev).eval()
     extra = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
-    spec = model.cfg.preprocess
-    pre = PreprocessConfig(image_size=model.cfg.vision.image_size, mean=tuple(spec.mean), std=tuple(spec.std),
-                           resize_mode=spec.resize_mode, interpolation=spec.interpolation,
-                           crop_rounding=spec.crop_rounding)
+    pre = PreprocessConfig.for_model(model.cfg)
     pipe = Pipeline(model, tokenizer, pre, dev, name=str(name_or_dir or DEFAULT_MODEL),
                     templates=extra.get("zero_shot_templates") or DEFAULT_TEMPLATES)
     if image_size is not None:

@@ -257,6 +257,13 @@ class PreprocessConfig:
         return d
 
     @classmethod
+    def for_model(cls, model_cfg) -> "PreprocessConfig":
+        """The eval transform of a ``vlm.config.ModelConfig`` (its preprocess spec at its image size)."""
+        spec = model_cfg.preprocess
+        return cls(image_size=model_cfg.vision.image_size, mean=tuple(spec.mean), std=tuple(spec.std),
+                   resize_mode=spec.resize_mode, interpolation=spec.interpolation, crop_rounding=spec.crop_rounding)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -78,10 +78,7 @@ def image_transform(model_cfg):
     """PIL image -> normalised (3, S, S) tensor at the model's resolution."""
     from vlm.images import PreprocessConfig, preprocess
 
-    spec = model_cfg.preprocess
-    pre = PreprocessConfig(image_size=model_cfg.vision.image_size, mean=tuple(spec.mean), std=tuple(spec.std),
-                           resize_mode=spec.resize_mode, interpolation=spec.interpolation)
-    return functools.partial(preprocess, cfg=pre)
+    return functools.partial(preprocess, cfg=PreprocessConfig.for_model(model_cfg))
 
 
 def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True):
