@@ -125,6 +125,19 @@ def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path):
                           rtol=1e-4, atol=1e-5), ([a[s] for s in steps], [b[s] for s in steps])
 
 
+def test_two_process_run_resumes_on_the_same_trajectory(shapes, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    # 320 pairs, 16 per process: 10 global steps per epoch, the resumed part crosses an epoch
+    common = [f"data.root={shapes}", "steps=12", "data.batch_size=16", "lr=3e-3"]
+    for args in ([f"output_dir={full}"], [f"output_dir={part}", "stop_after=5"],
+                 [f"output_dir={part}", "resume=latest"]):
+        r = run_script(common + args, TWO_CPU_PROCESSES)
+        assert r.returncode == 0 and "2 process(es)" in r.stdout, r.stderr[-2000:]
+    a, b = losses(full / "losses.jsonl"), losses(part / "losses.jsonl")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert torch.allclose(torch.tensor([a[s] for s in a]), torch.tensor([b[s] for s in a]), rtol=1e-4, atol=1e-5)
+
+
 def script_main():
     """scripts/train.py's importable main(argv)."""
     spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
