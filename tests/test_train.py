@@ -88,6 +88,9 @@ def test_bf16_accumulation_checkpointing_eval_and_tensorboard(shapes, tmp_path):
     plain = train(load_train_config(MICRO, common + [f"output_dir={tmp_path / 'fp32'}"]))
     a, b = torch.tensor(mixed), torch.tensor(plain["losses"])
     assert not torch.equal(a, b) and torch.allclose(a, b, rtol=0.05), (a, b)
+    # fp16 autocast needs a GPU: on a CPU the run says it trains in float32 instead of pretending
+    r = run_script([f"data.root={shapes}", "steps=1", "mixed_precision=fp16", f"output_dir={tmp_path / 'fp16'}"])
+    assert r.returncode == 0 and "fp16 unavailable on cpu, training in float32" in r.stdout, r.stdout[-1000:]
 
 
 def test_two_process_accelerate_launch(shapes, tmp_path):

@@ -153,8 +153,11 @@ def train(cfg) -> dict:
     if steps_per_epoch < 1:
         raise UsageError(f"data.batch_size x grad_accum_steps x processes exceeds the {cfg.data.root} training set")
     epoch, done = divmod(step, steps_per_epoch)
+    precision = accelerator.mixed_precision
+    if precision != "no" and not accelerator.native_amp:  # e.g. fp16 on a CPU: Accelerate keeps float32
+        precision = f"{precision} unavailable on {accelerator.device.type}, training in float32 (bf16 works on CPUs)"
     accelerator.print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
-                      f"device {accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
+                      f"device {accelerator.device.type}, mixed precision {precision}")
     accelerator.init_trackers("train", config=_hparams(cfg))
     log_path = out / "losses.jsonl"
     if accelerator.is_main_process:
