@@ -179,6 +179,21 @@ def test_bad_specs(tmp_path, imagefolder):
     assert resolve_spec(str(imagefolder)) == ("imagefolder", {"data_dir": str(imagefolder)})
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_unknown_split_names_the_splits_there_are(tmp_path, streaming):
+    from vlm.data.hf import UnknownSplitError
+
+    for split in ("train", "val"):  # HF calls a val/ folder's split "validation"
+        (tmp_path / "d" / split).mkdir(parents=True)
+        (tmp_path / "d" / split / "a.png").write_bytes(_image_bytes((1, 2, 3)))
+        (tmp_path / "d" / split / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "caption": split}))
+    with pytest.raises(UnknownSplitError, match=r"no split 'val' \(it has train, validation\)") as e:
+        load_caption_dataset(tmp_path / "d", split="val", streaming=streaming, cache_dir=str(tmp_path / "cache"))
+    assert e.value.available == ["train", "validation"]
+    ds = load_caption_dataset(tmp_path / "d", split="validation", cache_dir=str(tmp_path / "cache"))
+    assert ds.captions() == ["val"]
+
+
 def test_caption_text_forms():
     assert caption_text(" a cat ") == "a cat"
     assert caption_text(["", "first", "second"]) == "first"

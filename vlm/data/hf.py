@@ -48,6 +48,25 @@ CAPTION_COLUMNS = ("caption", "captions", "text", "txt", "sentences", "sentence"
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
+class UnknownSplitError(ValueError):
+    """The dataset has no split of that name; ``available`` lists the ones it has (empty if unknown)."""
+
+    def __init__(self, name: str, split: str, available: list[str]) -> None:
+        self.split, self.available = split, list(available)
+        has = f" (it has {', '.join(self.available)})" if self.available else ""
+        super().__init__(f"dataset {name}: no split {split!r}{has}")
+
+
+def _split_names(builder: str, kwargs: dict) -> list[str]:
+    import datasets
+
+    try:
+        return list(datasets.get_dataset_split_names(
+            builder, **{k: kwargs[k] for k in ("data_dir", "data_files") if k in kwargs}))
+    except Exception:  # only for the error message: a Hub name offline, an odd builder
+        return []
+
+
 def resolve_spec(spec: str | os.PathLike | dict, split: str = "train") -> tuple[str, dict]:
     """``spec`` -> (``load_dataset`` path/builder, keyword arguments)."""
     if isinstance(spec, dict):
@@ -261,6 +280,10 @@ class HFCaptionDataset(_DecodedView):
     def __getitem__(self, index: int) -> Optional[dict]:
         return self._decode(self.hf[int(index)], int(index))
 
+    def captions(self) -> list[str]:
+        """Every non-empty caption, read from the caption column alone (no image is decoded)."""
+        return [c for c in map(caption_text, self.hf[self.caption_column]) if c]
+
     def __repr__(self) -> str:
         return (f"HFCaptionDataset({len(self)} rows, image={self.image_column!r}, "
                 f"caption={self.caption_column!r})")
@@ -327,7 +350,8 @@ def load_caption_dataset(
     """Load an image-caption dataset; see the module docstring for ``spec``.
 
     Returns an ``HFCaptionDataset`` (map-style) or, with ``streaming=True``, a
-    ``StreamingCaptionDataset``.  ``image_root`` resolves relative image paths
+    ``StreamingCaptionDataset``; ``UnknownSplitError`` (a ValueError listing the
+    splits there are) when the dataset has no ``split``.  ``image_root`` resolves relative image paths
     stored in a string column.  Extra keyword arguments go to
     ``datasets.load_dataset`` (e.g. ``cache_dir``).  Raises ValueError naming
     the spec when the columns cannot be found.
@@ -337,7 +361,12 @@ def load_caption_dataset(
     builder, kwargs = resolve_spec(spec, split)
     kwargs.update(load_kwargs)
     name = spec if isinstance(spec, str) else builder
-    ds = datasets.load_dataset(builder, split=split, streaming=streaming, **kwargs)
+    try:
+        ds = datasets.load_dataset(builder, split=split, streaming=streaming, **kwargs)
+    except ValueError as e:
+        if not str(e).startswith(("Unknown split", "Bad split")):  # map-style, streaming
+            raise
+        raise UnknownSplitError(str(name), split, _split_names(builder, kwargs)) from None
 
     columns = list(ds.column_names or [])
     first_row = None
@@ -377,6 +406,7 @@ def load_caption_dataset(
 __all__ = [
     "HFCaptionDataset",
     "StreamingCaptionDataset",
+    "UnknownSplitError",
     "caption_text",
     "detect_columns",
     "load_caption_dataset",
