@@ -10,6 +10,7 @@ Run: pytest tests/test_coco_data.py
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,44 @@ def test_karpathy_bad_inputs(karpathy_file, coco_dir, tmp_path):
         KarpathySplit(tmp_path / "bad.json", coco_dir, "test")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         KarpathySplit(tmp_path / "missing.json", coco_dir, "test")
+
+
+def test_open_caption_dir_single_layout_has_no_splits(tmp_path):
+    from vlm.data.shapes import generate_shapes
+    from vlm.training.data import open_caption_dir
+
+    data = generate_shapes(tmp_path / "shapes", 3, seed=2)
+    ds = open_caption_dir(data)
+    assert isinstance(ds, CocoCaptions) and len(ds.image_ids()) == 3
+    for split in ("val", "nonsense"):
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(data))} has one annotations/captions\.json "
+                                             r"\(no splits\)"):
+            open_caption_dir(data, split)
+
+
+def test_open_caption_dir_reads_a_karpathy_root(karpathy_file, coco_dir):
+    from vlm.training.data import open_caption_dir
+
+    (coco_dir / "annotations" / "captions_val2017.json").unlink()  # only dataset_coco.json + val2017/
+    test = open_caption_dir(coco_dir, "test", load_images=False)
+    assert isinstance(test, KarpathySplit) and test.image_ids() == [724, 139000]
+    assert test.image_path(139000) == coco_dir / "val2017" / "000000000139.jpg"
+    assert test.captions_for(724) == ["An upside-down stop sign."]
+    assert test[0]["image"] == str(coco_dir / "val2017" / "000000000724.jpg")  # a path: not loaded
+    assert open_caption_dir(coco_dir, "train").image_ids() == [139, 285]  # with restval
+    with pytest.raises(ValueError, match=r"dataset_coco\.json has the Karpathy splits .*: choose one"):
+        open_caption_dir(coco_dir)
+    with pytest.raises(ValueError, match=r"dataset_coco\.json has the Karpathy splits .*: not 'dev'"):
+        open_caption_dir(coco_dir, "dev")
+
+
+def test_evaluate_model_on_a_karpathy_root(karpathy_file, coco_dir, tiny_checkpoint):
+    import vlm
+    from vlm.evaluation.evaluate import evaluate_model
+
+    report = evaluate_model(vlm.load(str(tiny_checkpoint), device="cpu"), coco_dir, "test", max_tokens=4,
+                            spice=False, meteor=False)
+    assert report["num_images"] == 1 and report["skipped_images"] == 1  # 000000000724.jpg is missing
+    assert report["examples"][0]["image_id"] == 139000
+    assert report["examples"][0]["reference"] == "Reused image in test."
+    assert set(report["retrieval"]) >= {"i2t_r1", "t2i_r1"}

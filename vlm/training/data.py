@@ -12,29 +12,57 @@ corrupt images become ``None`` items that ``vlm.data.collate`` drops and counts.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Optional
 
 from torch.utils.data import DataLoader
 
 
+class SplitError(ValueError):
+    """A split name the dataset directory does not have (or a needed split left out)."""
+
+
+def is_single_layout(root) -> bool:
+    """A dataset dir with one ``annotations/captions.json`` (no splits), as ``vlm data shapes`` writes."""
+    return (Path(root) / "annotations" / "captions.json").is_file()
+
+
 def open_caption_dir(root, split: Optional[str] = None, transform=None, tokenize=None, load_images: bool = True):
-    """A COCO-format dataset dir (annotations/captions.json + images/) or a COCO root
-    (annotations/captions_{split}2017.json + {split}2017/) as a ``CocoCaptions``."""
-    from vlm.data.coco import CocoCaptions
+    """A caption dataset dir with its image-level view (``image_ids``, ``captions_for``, ``image_path``).
+
+    - ``annotations/captions.json`` + ``images/``: one set, a ``CocoCaptions``; it has no
+      splits, so ``split`` must be None;
+    - ``dataset_coco.json`` (+ the folders its ``filepath`` entries name, e.g. ``val2014/``):
+      a ``KarpathySplit`` of ``split`` (train, restval, val or test; needed);
+    - a COCO root: ``annotations/captions_{split}2017.json`` + ``{split}2017/``.
+
+    SplitError (a ValueError) for a split the layout does not have."""
+    from vlm.data.coco import KARPATHY_SPLITS, CocoCaptions, KarpathySplit
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such dataset directory")
-    single = root / "annotations" / "captions.json"
-    if single.is_file():
-        return CocoCaptions(root / "images", single, transform, tokenize, load_images)
+    if is_single_layout(root):
+        if split is not None:
+            raise SplitError(f"{root} has one annotations/captions.json (no splits): leave the split out")
+        return CocoCaptions(root / "images", root / "annotations" / "captions.json", transform, tokenize,
+                            load_images)
+    karpathy = root / "dataset_coco.json"
+    if karpathy.is_file():
+        if split not in KARPATHY_SPLITS:
+            raise SplitError(f"{karpathy} has the Karpathy splits {', '.join(KARPATHY_SPLITS)}: "
+                             + ("choose one" if split is None else f"not {split!r}"))
+        return KarpathySplit(karpathy, root, split, transform=transform, tokenize=tokenize,
+                             load_images=load_images)
     if split:
         official = root / "annotations" / f"captions_{split}2017.json"
         if official.is_file():
             return CocoCaptions(root / f"{split}2017", official, transform, tokenize, load_images)
-    want = "annotations/captions.json" + (f" or annotations/captions_{split}2017.json" if split else "")
-    raise FileNotFoundError(f"{root}: not a COCO-format dataset (expected {want})")
+    want = ["annotations/captions.json", "dataset_coco.json"] + \
+        ([f"annotations/captions_{split}2017.json"] if split else [])
+    raise FileNotFoundError(f"{root}: not a COCO-format dataset "
+                            f"(expected {', '.join(want[:-1])} or {want[-1]})")
 
 
 def train_captions(cfg) -> list[str]:
@@ -42,7 +70,7 @@ def train_captions(cfg) -> list[str]:
     ds = _dataset(cfg, "train", None, None, load_images=False)
     if hasattr(ds, "references"):
         return [c for caps in ds.references().values() for c in caps]
-    return [ds[i]["caption"] for i in range(len(ds)) if ds[i] is not None]
+    return ds.captions()  # HFCaptionDataset: the caption column alone
 
 
 def build_tokenizer(cfg, model_cfg, out_dir: Path, is_main: bool, wait=lambda: None):
@@ -86,6 +114,8 @@ def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True):
     split = d.train_split if which == "train" else d.val_split
     if d.kind in ("shapes", "coco"):
         root = d.val_root if which == "val" and d.val_root else d.root
+        if is_single_layout(root):
+            split = None  # the whole dir is the set; its split settings do not apply
         return open_caption_dir(root, split, transform, tokenize, load_images)
     if d.kind == "karpathy":
         from vlm.data.coco import KarpathySplit
@@ -94,18 +124,33 @@ def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True):
             raise ValueError("data.kind=karpathy needs data.karpathy_json (dataset_coco.json)")
         return KarpathySplit(d.karpathy_json, d.root, split, transform=transform, tokenize=tokenize,
                              load_images=load_images)
-    from vlm.data.hf import load_caption_dataset
+    from vlm.data.hf import UnknownSplitError, load_caption_dataset
 
-    return load_caption_dataset(d.hf_name or d.root, split=split, transform=transform, tokenize=tokenize)
+    spec = d.hf_name or d.root
+    try:
+        return load_caption_dataset(spec, split=split, transform=transform, tokenize=tokenize)
+    except UnknownSplitError as e:
+        if which == "val" and split == "val" and "validation" in e.available:  # HF's name for a val/ folder
+            return load_caption_dataset(spec, split="validation", transform=transform, tokenize=tokenize)
+        raise ValueError(f"data.{which}_split={split}: {e}") from None
+
+
+def _val_on_training_dir(cfg) -> bool:
+    """A val_split without val_root on a single-layout dir: that dir is the training set."""
+    d = cfg.data
+    return bool(d.val_split) and not d.val_root and d.kind in ("shapes", "coco") and is_single_layout(d.root)
 
 
 def has_val(cfg) -> bool:
-    return bool(cfg.data.val_split or cfg.data.val_root)
+    return bool(cfg.data.val_split or cfg.data.val_root) and not _val_on_training_dir(cfg)
 
 
 def build_loaders(cfg, model_cfg, tokenizer):
     """(train_loader, val_loader or None, val dataset or None): plain DataLoaders for
-    ``accelerator.prepare`` (its seedable sampler reshuffles each epoch from the seed)."""
+    ``accelerator.prepare`` (its seedable sampler reshuffles each epoch from the seed).
+
+    A single-layout ``data.root`` without ``data.val_root`` has no validation set
+    (a warning on the ``vlm.training`` logger says so), never its own training images."""
     from vlm.data.collate import collate
 
     tf = image_transform(model_cfg)
@@ -117,6 +162,10 @@ def build_loaders(cfg, model_cfg, tokenizer):
         raise ValueError(f"data.root={cfg.data.root}: {len(train)} training pairs, fewer than one batch "
                          f"of {cfg.data.batch_size}")
     val = val_loader = None
+    if _val_on_training_dir(cfg):
+        logging.getLogger("vlm.training").warning(
+            f"data.root={cfg.data.root} has one annotations/captions.json (no splits): no validation "
+            f"(set data.val_root to a validation dir, or data.val_split=null to silence this note)")
     if has_val(cfg):
         val = _dataset(cfg, "val", tf, tokenize)
         if hasattr(val, "images"):
