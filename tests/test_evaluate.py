@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,158 @@ def test_shapes_attribute_accuracy_by_hand():
     acc, n = shapes_attribute_accuracy(captions, objects)
     assert n == 3 and acc == pytest.approx(1 / 3)
     assert named_attributes("two orange circles on a striped background") == ({"orange"}, {"circle"})
+
+
+# ---------------------------------------------------------------- a pipeline whose every output is known
+
+COLORS = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (240, 230, 30),
+          "purple": (140, 30, 160), "white": (250, 250, 250), "black": (5, 5, 5)}
+NAMES = list(COLORS)
+
+
+def _refs(name: str) -> list[str]:
+    return [f"a {name} square on a plain background", f"the only thing here is {name}"]
+
+
+@pytest.fixture()
+def known(tmp_path):
+    """A COCO-format dir of one-color images (ids 1..7; 4 is missing; 6 has no label) and its classes.json,
+    whose class order differs from the image order."""
+    from PIL import Image
+
+    root = tmp_path / "known"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    images, anns = [], []
+    for image_id, name in enumerate(NAMES, start=1):
+        if image_id != 4:
+            Image.new("RGB", (40, 30), COLORS[name]).save(root / "images" / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 40, "height": 30})
+        anns += [{"id": 10 * image_id + k, "image_id": image_id, "caption": c}
+                 for k, c in enumerate(_refs(name))]
+    (root / "annotations" / "captions.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    classes = NAMES[3:] + NAMES[:3]
+    labels = {str(i): classes.index(name) for i, name in enumerate(NAMES, start=1) if i != 6}
+    (root / "classes.json").write_text(json.dumps({"classes": classes, "templates": ["a {} thing"],
+                                                   "labels": labels}))
+    return root
+
+
+class KnownPipeline:
+    """Image of color k -> one-hot k + one-hot (K + k); a reference of color k -> one-hot k; class "color k"
+    -> one-hot (K + k); the caption of an image of color k is its first reference. Every retrieval and
+    zero-shot answer is right and every caption matches a reference, if evaluate_model wires them right."""
+
+    can_caption = True
+    device = "cpu"
+
+    def __init__(self):
+        import torch
+
+        from vlm.images import PreprocessConfig, preprocess_batch
+        from PIL import Image
+
+        self.preprocess_cfg = PreprocessConfig(image_size=16)
+        self._pixels = preprocess_batch([Image.new("RGB", (8, 8), c) for c in COLORS.values()],
+                                        self.preprocess_cfg).mean(dim=(2, 3))  # (K, 3)
+        self._eye = torch.eye(2 * len(NAMES))
+        self.model = self
+        self.tokenizer = types.SimpleNamespace(sot_id=0, eot_id=1, pad_id=2,
+                                               decode=lambda row: _refs(NAMES[int(row[0])])[0] + " ")
+
+    def color_of(self, x):
+        return (x.mean(dim=(2, 3))[:, None] - self._pixels[None]).abs().sum(-1).argmin(dim=1)  # (B,)
+
+    def encode_image(self, x):
+        k = self.color_of(x)
+        return self._eye[k] + self._eye[k + len(NAMES)]
+
+    def encode_texts(self, texts):
+        return self._eye[[next(k for k, n in enumerate(NAMES) if t in _refs(n)) for t in texts]]
+
+    def label_embeddings(self, labels, templates):
+        assert templates == ["a {} thing"]
+        return self._eye[[len(NAMES) + NAMES.index(label) for label in labels]]
+
+    def generation_config(self, beams, max_tokens):
+        return types.SimpleNamespace(beams=beams, max_tokens=max_tokens)
+
+
+def test_evaluate_model_wires_retrieval_zero_shot_and_references(known, monkeypatch):
+    """Retrieval, zero-shot labels and caption references line up with their images (across batches
+    and a skipped image): a known pipeline scores exactly 1 on each."""
+    from vlm.evaluation.evaluate import evaluate_model
+
+    pipe = KnownPipeline()
+    monkeypatch.setattr("vlm.generation.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    report = evaluate_model(pipe, known, batch_size=4, spice=False, meteor=False)
+    assert report["num_images"] == 6 and report["skipped_images"] == 1
+    r = report["retrieval"]
+    assert (r["i2t_r1"], r["t2i_r1"], r["i2t_mean_rank"], r["t2i_mean_rank"]) == (1.0, 1.0, 1.0, 1.0)
+    z = report["zero_shot"]
+    assert (z["top1"], z["num_images"], z["num_classes"]) == (1.0, 5, 7)  # 4 is missing, 6 unlabelled
+    assert report["captioning"]["bleu_4"] == pytest.approx(1.0, abs=1e-6)
+    assert [(e["image_id"], e["caption"], e["reference"]) for e in report["examples"]] == \
+        [(i, _refs(NAMES[i - 1])[0], _refs(NAMES[i - 1])[0]) for i in (1, 2, 3, 5, 6)]
+
+
+# ---------------------------------------------------------------- bad inputs: one line before any work
+
+
+@pytest.mark.parametrize("content, reason", [
+    ({"classes": []}, '"classes" is empty'),
+    ({"classes": "red"}, 'needs a "classes" list'),
+    ({"classes": ["red", " "]}, "class 1 (' '): must be a non-empty name"),
+    ({"classes": ["red", "blue", "red"]}, "class 2 ('red'): repeats class 0"),
+    ({"classes": ["red"], "templates": ["one {} {size}"]}, "template 'one {} {size}': cannot be filled"),
+    ({"classes": ["red"], "templates": ["a photo"]}, "template 'a photo': needs exactly one {}"),
+    ({"classes": ["red"], "templates": ["{} and {}"]}, "template '{} and {}': needs exactly one {}"),
+    ({"classes": ["red", "blue"], "labels": {"1": 2}}, "label of image 1: 2 is not a class index 0..1"),
+    ({"classes": ["red", "blue"], "labels": {"1": -1}}, "label of image 1: -1 is not a class index 0..1"),
+    ({"classes": ["red"], "labels": {"one": 0}}, "labels: 'one' is not an image id"),
+])
+def test_bad_classes_json_is_one_line_before_the_model_loads(tiny, tmp_path, capsys, monkeypatch, content,
+                                                             reason):
+    import vlm.cli.evaluate
+    from vlm.cli.main import main
+
+    _, data = tiny
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    (bad / "classes.json").write_text(json.dumps(content))
+    monkeypatch.setattr(vlm.cli.evaluate, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    assert main(["evaluate", "--data", str(bad), "--no-spice", "--no-meteor"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"vlm evaluate: error: {bad / 'classes.json'}: " + err.split(": ", 3)[-1]
+    assert reason in err and "\n" not in err
+
+
+def test_split_names_the_layout_in_one_line(tiny, tmp_path, capsys, monkeypatch):
+    import vlm.cli.evaluate
+    from vlm.cli.main import main
+
+    _, data = tiny
+    monkeypatch.setattr(vlm.cli.evaluate, "load_pipeline", lambda args: pytest.fail("the model was loaded"))
+    assert main(["evaluate", "--data", str(data), "--split", "nonsense"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"vlm evaluate: error: --split nonsense: {data} has one annotations/captions.json "
+                   f"(no splits): leave the split out")
+    karpathy = tmp_path / "coco"
+    karpathy.mkdir()
+    (karpathy / "dataset_coco.json").write_text(json.dumps({"images": []}))
+    assert main(["evaluate", "--data", str(karpathy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vlm evaluate: error: --data {karpathy}: ") and "choose one" in err
+    assert main(["evaluate", "--data", str(karpathy), "--split", "dev"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vlm evaluate: error: --split dev: ") and "not 'dev'" in err and "\n" not in err
+
+
+def test_label_embeddings_reject_a_blank_label(tiny):
+    import vlm
+    from vlm.errors import UsageError
+
+    pipe = vlm.load(str(tiny[0]), device="cpu")
+    assert pipe.label_embeddings(["red star", "blue circle"]).shape[0] == 2
+    with pytest.raises(UsageError, match="label 1 of 3 is blank"):
+        pipe.label_embeddings(["red star", "  ", "blue circle"])

@@ -141,10 +141,15 @@ class Pipeline:
         return [tok.decode(row).strip() for row in ids]
 
     def label_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """(C, E) prompt-ensemble embeddings: the mean of normalised template embeddings, renormalised."""
-        labels = [str(label).strip() for label in labels if str(label).strip()]
+        """(C, E) prompt-ensemble embeddings: the mean of normalised template embeddings, renormalised.
+
+        Row i is ``labels[i]``: a blank label is an error, not dropped (that would shift the rows)."""
+        labels = [str(label).strip() for label in labels]
         if not labels:
             raise UsageError("empty label list: give at least one label")
+        blank = [n for n, label in enumerate(labels) if not label]
+        if blank:
+            raise UsageError(f"labels: label {blank[0]} of {len(labels)} is blank; every label needs text")
         templates = list(templates or self.templates)
         for t in templates:
             if "{}" not in t:

@@ -2,9 +2,11 @@
 
     vlm evaluate --model runs/shapes_tiny/model --data data/shapes_test
     vlm evaluate --data coco --split val --json        # COCO root: annotations/captions_val2017.json
+    vlm evaluate --data data/coco --split test         # Karpathy root: dataset_coco.json + val2014/
 
 DIR is a COCO-format dataset dir (``annotations/captions.json`` + ``images/``,
-as ``vlm data shapes`` writes) or a COCO root. Metrics: see
+as ``vlm data shapes`` writes; it has no splits), a Karpathy root
+(``dataset_coco.json``; ``--split`` train, restval, val or test) or a COCO root. Metrics: see
 ``vlm.evaluation.evaluate`` (CoCa, Yu et al. 2022, reports the same families).
 """
 
@@ -23,8 +25,10 @@ def build_parser() -> Parser:
     p = Parser(prog="vlm evaluate", description="Captioning (BLEU, METEOR, ROUGE-L, CIDEr, SPICE), "
                "retrieval recall@k and zero-shot accuracy on a COCO-format dataset.")
     p.add_argument("--data", required=True, metavar="DIR",
-                   help="dataset dir with annotations/captions.json + images/, or a COCO root")
-    p.add_argument("--split", default=None, help="COCO root split: annotations/captions_{split}2017.json")
+                   help="dataset dir with annotations/captions.json + images/, a Karpathy root "
+                   "(dataset_coco.json) or a COCO root")
+    p.add_argument("--split", default=None, help="Karpathy split (train, restval, val, test) of a dir with "
+                   "dataset_coco.json, or COCO root split: annotations/captions_{split}2017.json")
     p.add_argument("--beams", type=int, default=1, help="beam search width for the captions (1: greedy)")
     p.add_argument("--max-tokens", type=int, default=30, help="longest caption in tokens")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images only")
@@ -54,13 +58,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UsageError(f"--data {args.data}: no such directory")
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"--max-images {args.max_images}: must be at least 1")
-    from vlm.evaluation.evaluate import evaluate_model, format_report
-    from vlm.training.data import open_caption_dir
+    from vlm.evaluation.evaluate import evaluate_model, format_report, load_classes
+    from vlm.training.data import SplitError, open_caption_dir
 
-    try:
+    try:  # the data dir, its split and classes.json are checked before the model loads
         open_caption_dir(data, args.split, load_images=False)
+    except SplitError as e:
+        raise UsageError(f"--split {args.split}: {e}" if args.split else f"--data {args.data}: {e}") from None
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"--data {args.data}: {e}") from None
+    try:
+        load_classes(data)
+    except ValueError as e:
+        raise UsageError(str(e)) from None  # names classes.json
     pipe = load_pipeline(args)
     try:
         report = evaluate_model(pipe, data, args.split, batch_size=args.batch_size, beams=args.beams,

@@ -37,17 +37,56 @@ def _load_objects(ann_file: Path) -> dict[int, list]:
 
 
 def load_classes(data_dir: Path) -> Optional[dict]:
-    """classes.json ({"classes", "templates", "labels": {image_id: class index}}) or None."""
+    """classes.json ({"classes", "templates", "labels": {image_id: class index}}) or None.
+
+    ValueError naming the file for what zero-shot could not use: no classes, an empty or
+    repeated class name, a template without exactly one ``{}`` (or with other fields),
+    a label that is not a class index."""
     path = Path(data_dir) / "classes.json"
     if not path.is_file():
         return None
     try:
         raw = json.loads(path.read_text())
-        classes = [str(c) for c in raw["classes"]]
-        labels = {int(k): int(v) for k, v in raw.get("labels", {}).items()}
-        templates = [str(t) for t in raw.get("templates") or ["{}"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a classes file ({e})") from None
+
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"{path}: {reason}")
+
+    if not isinstance(raw, dict) or not isinstance(raw.get("classes"), list):
+        raise bad('not a classes file (needs a "classes" list)')
+    if not raw["classes"]:
+        raise bad('"classes" is empty')
+    classes = []
+    for n, name in enumerate(raw["classes"]):
+        if not isinstance(name, str) or not name.strip():
+            raise bad(f"class {n} ({name!r}): must be a non-empty name")
+        name = name.strip()
+        if name in classes:
+            raise bad(f"class {n} ({name!r}): repeats class {classes.index(name)}")
+        classes.append(name)
+    templates = raw.get("templates") or ["{}"]
+    if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
+        raise bad('"templates" must be a list of strings')
+    for t in templates:
+        if t.count("{}") != 1:
+            raise bad(f"template {t!r}: needs exactly one {{}} where the class name goes")
+        try:
+            t.format(classes[0])
+        except (KeyError, IndexError, ValueError) as e:
+            raise bad(f"template {t!r}: cannot be filled with a class name "
+                      f"({type(e).__name__}: {e})") from None
+    if not isinstance(raw.get("labels", {}), dict):
+        raise bad('"labels" must map image ids to class indices')
+    labels = {}
+    for key, value in raw.get("labels", {}).items():
+        try:
+            image_id = int(key)
+        except ValueError:
+            raise bad(f"labels: {key!r} is not an image id") from None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(classes):
+            raise bad(f"label of image {key}: {value!r} is not a class index 0..{len(classes) - 1}")
+        labels[image_id] = value
     return {"classes": classes, "templates": templates, "labels": labels}
 
 
@@ -66,6 +105,7 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     from vlm.training.data import open_caption_dir
 
     ds = open_caption_dir(data_dir, split, load_images=False)
+    classes = load_classes(Path(data_dir))  # a bad classes.json stops the run before any captioning
     ids = ds.image_ids()[:max_images] if max_images else ds.image_ids()
     skips = SkipCounter()
     gen_cfg = pipe.generation_config(beams=beams, max_tokens=max_tokens) if pipe.can_caption else None
@@ -108,7 +148,6 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     text_embeds = torch.cat([pipe.encode_texts(texts[s:s + 256]).cpu() for s in range(0, len(texts), 256)])
     report["retrieval"] = retrieval_recall(image_embeds @ text_embeds.t(), text_to_image)
 
-    classes = load_classes(Path(data_dir))
     if classes is not None:
         rows = [n for n, i in enumerate(kept) if i in classes["labels"]]
         if rows:
