@@ -53,6 +53,8 @@ def lrs(path: Path) -> list[float]:
 def test_micro_run_loss_goes_down(shapes, tmp_path):
     cfg = load_train_config(MICRO, [f"data.root={shapes}", f"output_dir={tmp_path}", "steps=30"])
     result = train(cfg)
+    # the logged rate is the one each step trained with: warmup 1/3, 2/3, 3/3 of lr, then the cosine
+    assert lrs(tmp_path / "losses.jsonl")[:4] == pytest.approx([cfg.lr / 3, cfg.lr * 2 / 3, cfg.lr, cfg.lr])
     hist = result["losses"]
     assert result["finished"] and len(hist) == 30
     first, last = sum(hist[:5]) / 5, sum(hist[-5:]) / 5
@@ -137,23 +139,53 @@ def test_two_processes_with_unequal_and_empty_batches(tmp_path):
     assert skipped and int(skipped.group(1)) > 0, r.stdout[-2000:]
 
 
-def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path):
-    full, part = tmp_path / "full", tmp_path / "part"
+RESUME_CASES = {
     # 320 pairs in batches of 32: 10 steps per epoch, so the resumed part crosses an epoch
-    common = [f"data.root={shapes}", "steps=14", "data.batch_size=32", "lr=3e-3"]
+    "epochs": (["steps=14", "data.batch_size=32"], 6),
+    # 10 batches per epoch and 3 per step: Accelerate ends each epoch with a 1-batch step
+    "accumulation_remainder": (["steps=10", "data.batch_size=32", "grad_accum_steps=3"], 5),
+    # 6 of 16 images missing, 2 pairs a batch: many batches are skipped, so steps != batches
+    "skipped_images": (["steps=24", "data.batch_size=2"], 10),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path, case):
+    data = shapes
+    if case == "skipped_images":
+        data = generate_shapes(tmp_path / "holes", 16, seed=11)
+        for n in range(1, 7):
+            (data / "images" / f"{n:06d}.png").unlink()
+    args, stop = RESUME_CASES[case]
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = [f"data.root={data}", "lr=3e-3", *args]
+    total = int(args[0].split("=")[1])
     train(load_train_config(MICRO, common + [f"output_dir={full}"]))
-    r = run_script(common + [f"output_dir={part}", "stop_after=6"])  # a real process that exits at step 6
+    r = run_script(common + [f"output_dir={part}", f"stop_after={stop}"])  # a real process that exits early
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "stopped at step 6" in r.stdout + r.stderr
-    assert sorted(losses(part / "losses.jsonl")) == list(range(1, 7))
+    assert f"stopped at step {stop}" in r.stdout + r.stderr
+    assert sorted(losses(part / "losses.jsonl")) == list(range(1, stop + 1))
     assert not (part / "model").exists()
     resumed = train(load_train_config(MICRO, common + [f"output_dir={part}", "resume=latest"]))
-    assert resumed["finished"] and len(resumed["losses"]) == 8
+    assert resumed["finished"] and len(resumed["losses"]) == total - stop
     a, b = losses(full / "losses.jsonl"), losses(part / "losses.jsonl")
-    assert sorted(b) == list(range(1, 15))
-    steps = range(1, 15)
+    assert sorted(b) == list(range(1, total + 1))
+    steps = range(1, total + 1)
     assert torch.allclose(torch.tensor([a[s] for s in steps]), torch.tensor([b[s] for s in steps]),
                           rtol=1e-4, atol=1e-5), ([a[s] for s in steps], [b[s] for s in steps])
+
+
+def test_data_without_one_usable_batch_stops_with_one_line(tmp_path):
+    data = generate_shapes(tmp_path / "data", 16, seed=11)
+    for image in (data / "images").glob("*.png"):
+        image.unlink()
+    r = run_script([f"data.root={data}", f"output_dir={tmp_path / 'run'}", "steps=3", "data.batch_size=4"],
+                   timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and f"data.root={data}: no usable batch in a whole epoch (skipped 80 of 80" in lines[0], \
+        r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
 
 
 def test_two_process_run_resumes_on_the_same_trajectory(shapes, tmp_path):
@@ -199,6 +231,33 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     assert "freeze=['wings']: towers are visual, text, decoder" in r.stderr
     assert script_main()(["--config", MICRO, f"output_dir={tmp_path}", f"data.root={tmp_path / 'nothing'}"]) == 2
     assert "no such dataset directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,words", [
+    ("lr=-1", "lr=-1.0: must be positive"),
+    ("betas=[0.9]", "betas=[0.9]: expected two numbers in [0, 1)"),
+    ("steps=1.5", "steps=1.5: expected a whole number"),
+    ("warmup_steps=-5", "warmup_steps=-5: must be >= 0"),
+    ("grad_checkpointing=maybe", "grad_checkpointing='maybe': expected true or false"),
+    ("model.vision.width=abc", "model.vision.width='abc': expected int"),
+    ("output_dir=FILE", "exists and is not a directory"),
+])
+def test_bad_training_values_are_one_line(shapes, tmp_path, capsys, override, words):
+    (tmp_path / "FILE").write_text("")
+    override = override.replace("FILE", str(tmp_path / "FILE"))
+    args = ["--config", MICRO, f"data.root={shapes}", f"output_dir={tmp_path / 'run'}", "steps=2", override]
+    assert script_main()(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_one_line(shapes, tmp_path, capsys):
+    common = ["--config", MICRO, f"data.root={shapes}", f"output_dir={tmp_path}", "data.batch_size=8"]
+    assert script_main()(common + ["steps=2", "save_every=2"]) == 0
+    capsys.readouterr()
+    assert script_main()(common + ["steps=4", "resume=latest", "model.vision.width=64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the checkpoint does not match this model" in err[0], err
 
 
 def test_fine_tune_at_higher_resolution(shapes, tmp_path):

@@ -100,6 +100,13 @@ class TrainConfig:
         for name in ("steps", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr}: must be positive")
+        for name in ("warmup_steps", "weight_decay", "label_smoothing", "min_lr_ratio"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.label_smoothing >= 1 or self.min_lr_ratio > 1:
+            raise ValueError("label_smoothing must be < 1 and min_lr_ratio <= 1")
         if self.data.batch_size < 1:
             raise ValueError(f"data.batch_size={self.data.batch_size}: must be at least 1")
         if self.export_dtype not in ("float32", "float16", "bfloat16"):
@@ -126,6 +133,10 @@ def _build(cls, raw: dict, where: str):
         if name == "data" and cls is TrainConfig:
             value = _build(DataConfig, value or {}, f"{where} data")
         elif name == "betas" and value is not None:
+            ok = isinstance(value, (list, tuple)) and len(value) == 2 and \
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in value)
+            if not ok:
+                raise ValueError(f"{where}: betas={value!r}: expected two numbers in [0, 1), e.g. [0.9, 0.98]")
             value = tuple(float(v) for v in value)
         else:
             value = _coerce(value, str(known[name].type), f"{where}: {name}")
@@ -134,16 +145,33 @@ def _build(cls, raw: dict, where: str):
 
 
 def _coerce(value: Any, annotation: str, where: str) -> Any:
-    """YAML reads 3e-4 as a string; turn numeric strings into the field's number type."""
-    if not isinstance(value, str):
-        return float(value) if "float" in annotation and isinstance(value, int) and \
-            not isinstance(value, bool) else value
-    for kind in ("float", "int"):
-        if annotation.startswith((kind, f"Optional[{kind}")):
-            try:
-                return float(value) if kind == "float" else int(value)
-            except ValueError:
-                raise ValueError(f"{where}={value!r}: expected a number") from None
+    """A value of the field's type: YAML reads 3e-4 as a string, so numeric strings become
+    numbers; whole floats become ints; anything else of the wrong type is refused."""
+    if value is None:
+        return value
+    base = annotation[len("Optional["):-1] if annotation.startswith("Optional[") else annotation
+    if base in ("int", "float") and isinstance(value, str):
+        try:
+            value = float(value) if base == "float" else int(value)
+        except ValueError:
+            raise ValueError(f"{where}={value!r}: expected a number") from None
+    if base == "int":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{where}={value!r}: expected a whole number")
+    elif base == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{where}={value!r}: expected a number")
+        value = float(value)
+    elif base == "bool" and not isinstance(value, bool):
+        raise ValueError(f"{where}={value!r}: expected true or false")
+    elif base == "list" and isinstance(value, str):
+        value = [value]  # freeze=visual means freeze=[visual]
+    elif base == "list" and not isinstance(value, list):
+        raise ValueError(f"{where}={value!r}: expected a list")
+    elif base == "str" and not isinstance(value, str):
+        raise ValueError(f"{where}={value!r}: expected a string")
     return value
 
 

@@ -39,7 +39,27 @@ def _apply_overrides(obj, overrides: dict, where: str = "model"):
         if isinstance(value, dict) and dataclasses.is_dataclass(current):
             _apply_overrides(current, value, f"{where}.{key}")
         else:
-            setattr(obj, key, tuple(value) if isinstance(current, tuple) else value)
+            setattr(obj, key, _checked(current, value, f"{where}.{key}"))
+
+
+def _checked(current, value, where: str):
+    """``value`` if it has the type of the field's current value (ints may stand for floats)."""
+    number = (int, float)
+    if isinstance(current, bool) or current is None:
+        ok = current is None or isinstance(value, bool)
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, number) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(current, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+        value = tuple(value) if ok and isinstance(current, tuple) else value
+    else:
+        ok = isinstance(value, type(current))
+    if not ok:
+        raise ValueError(f"{where}={value!r}: expected {type(current).__name__} like {current!r}")
+    return value
 
 
 def model_config(cfg) -> ModelConfig:

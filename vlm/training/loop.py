@@ -111,7 +111,7 @@ def train(cfg) -> dict:
     from vlm.training.data import build_loaders, build_tokenizer
     from vlm.training.init import build_model
     from vlm.training.optim import build_optimizer, build_scheduler
-    from vlm.training.state import export_model, find_resume, read_step, save_checkpoint
+    from vlm.training.state import export_model, find_resume, read_position, save_checkpoint
 
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
@@ -125,34 +125,39 @@ def train(cfg) -> dict:
     if cfg.num_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads)
     set_seed(cfg.seed)
-    try:  # a bad model name, data path or vocabulary: one line, exit status 2
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output_dir={out}: exists and is not a directory")
+    try:  # a bad model name, data path, vocabulary or optimizer setting: one line, exit status 2
         model, tokenizer = build_model(cfg)
         if tokenizer is None:
             tokenizer = build_tokenizer(cfg, model.cfg, out, accelerator.is_main_process,
                                         accelerator.wait_for_everyone)
         train_loader, val_loader, val_set = build_loaders(cfg, model.cfg, tokenizer)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from None
+        optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
+    except (OSError, ValueError, KeyError) as e:  # OSError: also a dataset that needs the network
+        raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else str(e).splitlines()[0]) from None
     # weight 0: skip the decoder forward; None: a CLIP, no decoder at all
     caption = (cfg.caption_weight > 0) if getattr(model, "decoder", None) is not None else None
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
     loss_fn = CoCaLoss(cfg.contrastive_weight, cfg.caption_weight, cfg.label_smoothing, tokenizer.pad_id)
     extra = {"zero_shot_templates": cfg.zero_shot_templates} if cfg.zero_shot_templates else None
-    step = 0
+    if len(train_loader) < cfg.grad_accum_steps:
+        raise UsageError(f"data.batch_size x grad_accum_steps x processes exceeds the {cfg.data.root} training set")
+    step, epoch, done = 0, 0, 0  # done: batches of this epoch already consumed (skipped ones too)
     if cfg.resume:
         path = find_resume(out, cfg.resume)
-        accelerator.load_state(str(path))  # model, optimizer, scheduler, RNG, sampler
-        step = read_step(path)
-        accelerator.print(f"resumed from {path} at step {step}")
-    steps_per_epoch = len(train_loader) // cfg.grad_accum_steps
-    if steps_per_epoch < 1:
-        raise UsageError(f"data.batch_size x grad_accum_steps x processes exceeds the {cfg.data.root} training set")
-    epoch, done = divmod(step, steps_per_epoch)
+        try:
+            accelerator.load_state(str(path))  # model, optimizer, scheduler, RNG, sampler, accumulation count
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(f"resume={path}: the checkpoint does not match this model or optimizer "
+                             f"({str(e).splitlines()[0].rstrip(':')})") from None
+        step, epoch, done = read_position(path, batches_per_step=cfg.grad_accum_steps,
+                                          batches_per_epoch=len(train_loader))
+        accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {done})")
     precision = accelerator.mixed_precision
     if precision != "no" and not accelerator.native_amp:  # e.g. fp16 on a CPU: Accelerate keeps float32
         precision = f"{precision} unavailable on {accelerator.device.type}, training in float32 (bf16 works on CPUs)"
@@ -171,12 +176,15 @@ def train(cfg) -> dict:
     model.train()
     while step < cfg.steps:
         train_loader.set_epoch(epoch)  # seeded shuffle: seed + epoch
-        loader = accelerator.skip_first_batches(train_loader, done * cfg.grad_accum_steps) if done else train_loader
+        loader = accelerator.skip_first_batches(train_loader, done) if done else train_loader
+        start, consumed, usable_batches = done, done, 0
         done = 0
         for batch in loader:
+            consumed += 1
             skips.update(batch)
             if not usable(accelerator, batch):  # (nearly) every image of a batch was unreadable
                 continue
+            usable_batches += 1
             with accelerator.accumulate(model):
                 parts = _forward(model, batch, loss_fn, caption)
                 loss = parts["total"]
@@ -190,6 +198,7 @@ def train(cfg) -> dict:
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                lr = scheduler.get_last_lr()[0]  # the rate this step trains with
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -203,7 +212,7 @@ def train(cfg) -> dict:
                     if name.endswith("logit_scale"):
                         p.clamp_(0, math.log(100))
             step += 1
-            record = {"step": step, **{k: v / micro for k, v in acc.items()}, "lr": scheduler.get_last_lr()[0]}
+            record = {"step": step, **{k: v / micro for k, v in acc.items()}, "lr": lr}
             acc, micro = {}, 0
             history.append(record["total"])
             bar.update(1)
@@ -223,10 +232,15 @@ def train(cfg) -> dict:
                     accelerator.print(f"  {line}")
             stop = cfg.stop_after is not None and step >= cfg.stop_after
             if (cfg.save_every and step % cfg.save_every == 0) or (stop and step < cfg.steps):
-                save_checkpoint(accelerator, model, tokenizer, out, step, cfg.keep_checkpoints, extra)
+                save_checkpoint(accelerator, model, tokenizer, out, step, cfg.keep_checkpoints, extra,
+                                position={"epoch": epoch, "batches": consumed})
             if stop or step >= cfg.steps:
                 break
         else:
+            if start == 0 and usable_batches == 0:  # a whole epoch without one batch to train on
+                bar.close()
+                raise UsageError(f"data.root={cfg.data.root}: no usable batch in a whole epoch "
+                                 f"({skips.summary()})")
             epoch += 1
             continue
         if stop:

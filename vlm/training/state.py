@@ -2,7 +2,7 @@
 
 Each checkpoint is ``OUTPUT/checkpoints/step_NNNNNNN/`` holding Accelerate's state
 (model, optimizer, scheduler, RNG and sampler states), ``trainer_state.json``
-(the step), and ``export/``: a ``save_pretrained`` directory loadable by
+(the step and the position in the data: epoch and batches consumed), and ``export/``: a ``save_pretrained`` directory loadable by
 ``vlm.load`` (weights gathered with ``accelerator.get_state_dict``, so it works
 under FSDP too). The last ``keep`` checkpoints are kept.
 
@@ -42,8 +42,15 @@ def find_resume(out: Path, resume: str) -> Path:
     return path
 
 
-def read_step(path: Path) -> int:
-    return int(json.loads((Path(path) / STATE_FILE).read_text())["step"])
+def read_position(path: Path, batches_per_step: int, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(step, epoch, batches of that epoch consumed) of a checkpoint. Checkpoints written
+    before the position was stored assume full batches and no epoch-end remainder."""
+    state = json.loads((Path(path) / STATE_FILE).read_text())
+    step = int(state["step"])
+    if "epoch" in state and "batches" in state:
+        return step, int(state["epoch"]), int(state["batches"])
+    epoch, steps_done = divmod(step, max(1, batches_per_epoch // batches_per_step))
+    return step, epoch, steps_done * batches_per_step
 
 
 def export_model(accelerator, model, tokenizer, directory: Path, dtype: Optional[torch.dtype] = None,
@@ -64,13 +71,17 @@ def export_model(accelerator, model, tokenizer, directory: Path, dtype: Optional
 
 
 def save_checkpoint(accelerator, model, tokenizer, out: Path, step: int, keep: int = 2,
-                    extra: Optional[dict] = None) -> Path:
-    """Accelerate state + trainer_state.json + an export; prunes all but the last ``keep``."""
+                    extra: Optional[dict] = None, position: Optional[dict] = None) -> Path:
+    """Accelerate state + trainer_state.json + an export; prunes all but the last ``keep``.
+
+    ``position`` ({"epoch": E, "batches": B}) is where the data stands: B batches of
+    epoch E consumed, skipped ones included, so a resume continues at the next batch."""
     path = Path(out) / "checkpoints" / f"step_{step:07d}"
     accelerator.save_state(str(path))
     export_model(accelerator, model, tokenizer, path / "export", extra=extra)
     if accelerator.is_main_process:
-        (path / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")  # written last: marks complete
+        state = {"step": step, **(position or {})}
+        (path / STATE_FILE).write_text(json.dumps(state) + "\n")  # written last: marks complete
         for old in checkpoint_dirs(out)[:-max(1, keep)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
