@@ -175,6 +175,48 @@ def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path, case):
                           rtol=1e-4, atol=1e-5), ([a[s] for s in steps], [b[s] for s in steps])
 
 
+@pytest.fixture(scope="module")
+def shapes_imagefolder(shapes, tmp_path_factory) -> Path:
+    """The shapes scenes as a Hugging Face imagefolder (metadata.jsonl: file_name, text); 4 missing."""
+    root = tmp_path_factory.mktemp("hf") / "folder"
+    root.mkdir()
+    meta = json.loads((shapes / "annotations" / "captions.json").read_text())
+    files = {im["id"]: im["file_name"] for im in meta["images"]}
+    rows = []
+    for ann in meta["annotations"]:
+        rows.append({"file_name": files[ann["image_id"]], "text": ann["caption"]})
+    for name in sorted(set(files.values())):
+        if name not in ("000001.png", "000002.png", "000003.png", "000004.png"):
+            (root / name).write_bytes((shapes / "images" / name).read_bytes())
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_streaming_hf_data_trains_and_resumes_on_the_same_trajectory(shapes_imagefolder, tmp_path):
+    # 320 rows streamed (20 of them without their image), 32 a batch, a 64-row shuffle buffer:
+    # 9-10 batches a pass, so 14 steps cross a pass; the tokenizer is trained on the stream's captions
+    common = ["data.kind=hf", f"data.root={shapes_imagefolder}", "data.streaming=true", "data.val_split=null",
+              "data.shuffle_buffer=64", "data.batch_size=32", "steps=14", "lr=3e-3"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    result = train(load_train_config(MICRO, common + [f"output_dir={full}"]))
+    assert result["finished"] and result["skipped"] > 0
+    assert sum(result["losses"][-3:]) < sum(result["losses"][:3])
+    r = run_script(common + [f"output_dir={part}", "stop_after=6"])
+    assert r.returncode == 0 and "stopped at step 6" in r.stdout, r.stderr[-2000:]
+    resumed = train(load_train_config(MICRO, common + [f"output_dir={part}", "resume=latest"]))
+    assert resumed["finished"]
+    a, b = losses(full / "losses.jsonl"), losses(part / "losses.jsonl")
+    assert sorted(b) == list(range(1, 15))
+    assert torch.allclose(torch.tensor([a[s] for s in a]), torch.tensor([b[s] for s in a]), rtol=1e-4, atol=1e-5)
+
+
+def test_streaming_on_two_processes(shapes_imagefolder, tmp_path):
+    r = run_script(["data.kind=hf", f"data.root={shapes_imagefolder}", "data.streaming=true", "data.val_split=null",
+                    "data.batch_size=8", "steps=4", f"output_dir={tmp_path}"], TWO_CPU_PROCESSES)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es), MULTI_CPU" in r.stdout and "finished at step 4" in r.stdout, r.stdout[-2000:]
+
+
 def test_data_without_one_usable_batch_stops_with_one_line(tmp_path):
     data = generate_shapes(tmp_path / "data", 16, seed=11)
     for image in (data / "images").glob("*.png"):

@@ -307,6 +307,17 @@ def _make_streaming_class() -> type:
         def set_epoch(self, epoch: int) -> None:
             self.hf.set_epoch(epoch)
 
+        def take(self, n: int) -> "StreamingCaptionDataset":
+            """The first ``n`` rows of the stream."""
+            return type(self)(self.hf.take(n), self._decode)
+
+        def captions(self, limit: Optional[int] = None) -> list[str]:
+            """Non-empty captions of the first ``limit`` rows (all without a limit); no image
+            is decoded, the rows are still read."""
+            rows = self.hf.select_columns([self.caption_column]) if self.hf.features else self.hf
+            rows = rows.take(limit) if limit is not None else rows
+            return [c for c in (caption_text(row[self.caption_column]) for row in rows) if c]
+
         def __iter__(self) -> Iterator[Optional[dict]]:
             for index, row in enumerate(self.hf):
                 yield self._decode(row, index)

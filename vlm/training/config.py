@@ -36,6 +36,9 @@ class DataConfig:
     batch_size: int = 64  # per process
     num_workers: int = 0
     val_images: int = 256  # images of the validation set used by the in-training evaluation
+    streaming: bool = False  # kind=hf: stream rows (data larger than the disk) instead of an Arrow copy
+    shuffle_buffer: int = 1000  # streaming: rows in the shuffle buffer (order reseeded each epoch)
+    tokenizer_captions: int = 200_000  # streaming: captions read to train a SentencePiece model
 
 
 @dataclass

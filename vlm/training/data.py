@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 
 class SplitError(ValueError):
@@ -70,6 +70,8 @@ def train_captions(cfg) -> list[str]:
     ds = _dataset(cfg, "train", None, None, load_images=False)
     if hasattr(ds, "references"):
         return [c for caps in ds.references().values() for c in caps]
+    if cfg.data.streaming:  # the first rows of the stream stand for the whole
+        return ds.captions(limit=cfg.data.tokenizer_captions)
     return ds.captions()  # HFCaptionDataset: the caption column alone
 
 
@@ -127,11 +129,13 @@ def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True):
     from vlm.data.hf import UnknownSplitError, load_caption_dataset
 
     spec = d.hf_name or d.root
+    load = functools.partial(load_caption_dataset, spec, streaming=d.streaming, transform=transform,
+                             tokenize=tokenize)
     try:
-        return load_caption_dataset(spec, split=split, transform=transform, tokenize=tokenize)
+        return load(split=split)
     except UnknownSplitError as e:
         if which == "val" and split == "val" and "validation" in e.available:  # HF's name for a val/ folder
-            return load_caption_dataset(spec, split="validation", transform=transform, tokenize=tokenize)
+            return load(split="validation")
         raise ValueError(f"data.{which}_split={split}: {e}") from None
 
 
@@ -156,9 +160,11 @@ def build_loaders(cfg, model_cfg, tokenizer):
     tf = image_transform(model_cfg)
     tokenize = functools.partial(tokenizer, context_length=model_cfg.text.context_length)
     train = _dataset(cfg, "train", tf, tokenize)
-    train_loader = DataLoader(train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
-                              collate_fn=collate, num_workers=cfg.data.num_workers)
-    if len(train_loader) == 0:
+    if isinstance(train, IterableDataset):  # streaming: a shuffle buffer, reseeded by set_epoch
+        train = train.shuffle(seed=cfg.seed, buffer_size=cfg.data.shuffle_buffer)
+    train_loader = DataLoader(train, batch_size=cfg.data.batch_size, shuffle=not isinstance(train, IterableDataset),
+                              drop_last=True, collate_fn=collate, num_workers=cfg.data.num_workers)
+    if not isinstance(train, IterableDataset) and len(train_loader) == 0:
         raise ValueError(f"data.root={cfg.data.root}: {len(train)} training pairs, fewer than one batch "
                          f"of {cfg.data.batch_size}")
     val = val_loader = None
@@ -173,6 +179,8 @@ def build_loaders(cfg, model_cfg, tokenizer):
 
             ids = min(len(val.images()), cfg.data.val_images)
             val = torch.utils.data.Subset(val.images(), range(ids))  # one caption per image
+        elif isinstance(val, IterableDataset):
+            val = val.take(cfg.data.val_images)  # rows (captions), not images, of the stream
         val_loader = DataLoader(val, batch_size=cfg.data.batch_size, shuffle=False, collate_fn=collate,
                                 num_workers=cfg.data.num_workers)
     return train_loader, val_loader, val

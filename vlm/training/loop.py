@@ -117,7 +117,9 @@ def train(cfg) -> dict:
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+        # dispatch_batches=False: every process reads a stream and keeps its share of the batches
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
+                                                  dispatch_batches=False))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > accelerator.num_processes:  # torchrun started N copies that would not talk to each other
         raise UsageError(f"WORLD_SIZE={launched}: {launched} processes were launched but Accelerate found no "
@@ -145,7 +147,9 @@ def train(cfg) -> dict:
 
     loss_fn = CoCaLoss(cfg.contrastive_weight, cfg.caption_weight, cfg.label_smoothing, tokenizer.pad_id)
     extra = {"zero_shot_templates": cfg.zero_shot_templates} if cfg.zero_shot_templates else None
-    if len(train_loader) < cfg.grad_accum_steps:
+    batches_per_epoch = None if isinstance(train_loader.dataset, torch.utils.data.IterableDataset) \
+        else len(train_loader)  # None: a stream, its length unknown
+    if batches_per_epoch is not None and batches_per_epoch < cfg.grad_accum_steps:
         raise UsageError(f"data.batch_size x grad_accum_steps x processes exceeds the {cfg.data.root} training set")
     step, epoch, done = 0, 0, 0  # done: batches of this epoch already consumed (skipped ones too)
     if cfg.resume:
@@ -156,7 +160,7 @@ def train(cfg) -> dict:
             raise UsageError(f"resume={path}: the checkpoint does not match this model or optimizer "
                              f"({str(e).splitlines()[0].rstrip(':')})") from None
         step, epoch, done = read_position(path, batches_per_step=cfg.grad_accum_steps,
-                                          batches_per_epoch=len(train_loader))
+                                          batches_per_epoch=batches_per_epoch)
         accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {done})")
     precision = accelerator.mixed_precision
     if precision != "no" and not accelerator.native_amp:  # e.g. fp16 on a CPU: Accelerate keeps float32

@@ -42,13 +42,16 @@ def find_resume(out: Path, resume: str) -> Path:
     return path
 
 
-def read_position(path: Path, batches_per_step: int, batches_per_epoch: int) -> tuple[int, int, int]:
+def read_position(path: Path, batches_per_step: int, batches_per_epoch: Optional[int]) -> tuple[int, int, int]:
     """(step, epoch, batches of that epoch consumed) of a checkpoint. Checkpoints written
-    before the position was stored assume full batches and no epoch-end remainder."""
+    before the position was stored assume full batches and no epoch-end remainder
+    (``batches_per_epoch`` None: a stream of unknown length, read as one long epoch)."""
     state = json.loads((Path(path) / STATE_FILE).read_text())
     step = int(state["step"])
     if "epoch" in state and "batches" in state:
         return step, int(state["epoch"]), int(state["batches"])
+    if batches_per_epoch is None:
+        return step, 0, step * batches_per_step
     epoch, steps_done = divmod(step, max(1, batches_per_epoch // batches_per_step))
     return step, epoch, steps_done * batches_per_step
 
