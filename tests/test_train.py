@@ -37,8 +37,8 @@ def shapes(tmp_path_factory) -> Path:
     return generate_shapes(tmp_path_factory.mktemp("shapes") / "train", 64, seed=11)
 
 
-def run_script(args: list[str], launcher: list[str] | None = None, timeout: int = 240):
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), "--config", MICRO, *args]
+def run_script(args: list[str], launcher: list[str] | None = None, timeout: int = 240, config: str = MICRO):
+    cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), "--config", config, *args]
     return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -241,6 +241,43 @@ def test_two_process_run_resumes_on_the_same_trajectory(shapes, tmp_path):
     a, b = losses(full / "losses.jsonl"), losses(part / "losses.jsonl")
     assert sorted(a) == sorted(b) == list(range(1, 13))
     assert torch.allclose(torch.tensor([a[s] for s in a]), torch.tensor([b[s] for s in a]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    from vlm.training.init import model_config
+
+    cfg = load_train_config(str(ROOT / "configs" / name))
+    assert model_config(cfg).vision.image_size > 0
+
+
+@pytest.mark.slow
+def test_coco_recipe_runs_at_full_size_on_a_karpathy_tree(shapes, tmp_path):
+    # configs/coco_vit_b16.yaml as shipped (CoCa ViT-B/16, CLIP BPE, bf16, Karpathy train+restval,
+    # val), only the data location and the run length changed: two steps on 20 shapes images
+    meta = json.loads((shapes / "annotations" / "captions.json").read_text())
+    caps: dict[int, list[str]] = {}
+    for ann in meta["annotations"]:
+        caps.setdefault(ann["image_id"], []).append(ann["caption"])
+    root = tmp_path / "coco"
+    entries = []
+    for n, image in enumerate(meta["images"][:20]):
+        split = "train" if n < 12 else "restval" if n < 16 else "val"
+        folder = root / ("train2014" if split == "train" else "val2014")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / image["file_name"]).write_bytes((shapes / "images" / image["file_name"]).read_bytes())
+        entries.append({"filepath": folder.name, "filename": image["file_name"], "imgid": n, "split": split,
+                        "cocoid": image["id"], "sentences": [{"raw": c} for c in caps[image["id"]]]})
+    (root / "dataset_coco.json").write_text(json.dumps({"dataset": "coco", "images": entries}))
+    r = run_script([f"data.root={root}", f"data.karpathy_json={root / 'dataset_coco.json'}", "steps=2",
+                    "data.batch_size=4", "data.num_workers=0", "data.val_images=4", "eval_every=2",
+                    "eval_captions=1", "save_every=0", "warmup_steps=1", "export_dtype=float16",
+                    f"output_dir={tmp_path / 'run'}"], timeout=400, config=str(ROOT / "configs" / "coco_vit_b16.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mixed precision bf16" in r.stdout and "step 2: val/contrastive=" in r.stdout, r.stdout[-2000:]
+    assert "data: skipped 0 of 8 items" in r.stdout  # 4 pairs x 2 steps from train + restval
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["vision"]["width"] == 768 and config["vision"]["patch_size"] == 16
 
 
 def script_main():
