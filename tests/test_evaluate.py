@@ -168,7 +168,7 @@ class KnownPipeline:
         return self._eye[[next(k for k, n in enumerate(NAMES) if t in _refs(n)) for t in texts]]
 
     def label_embeddings(self, labels, templates):
-        assert templates == ["a {} thing"]
+        self.templates_used = templates
         return self._eye[[len(NAMES) + NAMES.index(label) for label in labels]]
 
     def generation_config(self, beams, max_tokens):
@@ -191,6 +191,24 @@ def test_evaluate_model_wires_retrieval_zero_shot_and_references(known, monkeypa
     assert report["captioning"]["bleu_4"] == pytest.approx(1.0, abs=1e-6)
     assert [(e["image_id"], e["caption"], e["reference"]) for e in report["examples"]] == \
         [(i, _refs(NAMES[i - 1])[0], _refs(NAMES[i - 1])[0]) for i in (1, 2, 3, 5, 6)]
+    assert pipe.templates_used == ["a {} thing"]
+
+
+def test_zero_shot_without_templates_or_labelled_images(known, monkeypatch):
+    """No "templates" in classes.json: the model's own templates (None); labels of images that are
+    not evaluated: zero-shot is skipped with a note, not silently."""
+    from vlm.evaluation.evaluate import evaluate_model
+
+    monkeypatch.setattr("vlm.generation.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    classes = json.loads((known / "classes.json").read_text())
+    (known / "classes.json").write_text(json.dumps({"classes": classes["classes"], "labels": classes["labels"]}))
+    pipe = KnownPipeline()
+    report = evaluate_model(pipe, known, spice=False, meteor=False)
+    assert pipe.templates_used is None and report["zero_shot"]["top1"] == 1.0
+    (known / "classes.json").write_text(json.dumps({"classes": classes["classes"], "labels": {"99": 0}}))
+    report = evaluate_model(KnownPipeline(), known, spice=False, meteor=False)
+    assert "zero_shot" not in report
+    assert "zero-shot skipped: classes.json labels none of the evaluated images" in report["notes"]
 
 
 # ---------------------------------------------------------------- bad inputs: one line before any work

@@ -38,6 +38,7 @@ def _load_objects(ann_file: Path) -> dict[int, list]:
 
 def load_classes(data_dir: Path) -> Optional[dict]:
     """classes.json ({"classes", "templates", "labels": {image_id: class index}}) or None.
+    Without "templates" the model's own prompt templates are used (``templates`` None).
 
     ValueError naming the file for what zero-shot could not use: no classes, an empty or
     repeated class name, a template without exactly one ``{}`` (or with other fields),
@@ -65,10 +66,10 @@ def load_classes(data_dir: Path) -> Optional[dict]:
         if name in classes:
             raise bad(f"class {n} ({name!r}): repeats class {classes.index(name)}")
         classes.append(name)
-    templates = raw.get("templates") or ["{}"]
-    if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
+    templates = raw.get("templates") or None  # None: the model's own templates
+    if templates is not None and (not isinstance(templates, list) or not all(isinstance(t, str) for t in templates)):
         raise bad('"templates" must be a list of strings')
-    for t in templates:
+    for t in templates or []:
         if t.count("{}") != 1:
             raise bad(f"template {t!r}: needs exactly one {{}} where the class name goes")
         try:
@@ -156,6 +157,8 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
             labels = [classes["labels"][kept[n]] for n in rows]
             report["zero_shot"] = {**topk_accuracy(logits, labels), "num_images": len(rows),
                                    "num_classes": len(classes["classes"])}
+        else:
+            report["notes"].append("zero-shot skipped: classes.json labels none of the evaluated images")
     else:
         report["notes"].append("zero-shot skipped: no classes.json in the dataset")
 
