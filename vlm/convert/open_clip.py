@@ -204,6 +204,12 @@ def tags_with_other_preprocessing(arch: str) -> list[str]:
 
 # ---------------------------------------------------------------------- state dicts
 
+# open_clip residual-block stacks -> ours ({} is the block index)
+_BLOCK_DESTS = {
+    "visual.transformer": "visual.transformer.blocks.{}.",
+    "text.transformer": "text.transformer.blocks.{}.",
+    "text_decoder": "decoder.layers.{}.self_block.",
+}
 _BLOCK_RENAMES = (("ln_1.", "norm1."), ("ln_2.", "norm2."), ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."),
                   ("attn.out_proj.", "attn.out_proj."), ("attn.in_proj_weight", "attn.qkv.weight"),
                   ("attn.in_proj_bias", "attn.qkv.bias"))
@@ -253,18 +259,12 @@ def convert_state_dict(state: dict[str, torch.Tensor], source: str = "checkpoint
             out[_NORMS[prefix] + k[len(prefix):]] = value
         elif k.startswith("visual.attn_pool.attn."):
             pool_qkv[k[len("visual.attn_pool.attn."):]] = value
-        elif m := re.match(r"(visual|text)\.transformer\.resblocks\.(\d+)\.(.+)$", k):
+        elif m := re.match(r"(visual\.transformer|text\.transformer|text_decoder)\.resblocks\.(\d+)\.(.+)$", k):
             new = _rename(m[3], _BLOCK_RENAMES)
             if new is None:
                 unknown.append(key)
                 continue
-            out[f"{m[1]}.transformer.blocks.{m[2]}.{new}"] = value
-        elif m := re.match(r"text_decoder\.resblocks\.(\d+)\.(.+)$", k):
-            new = _rename(m[2], _BLOCK_RENAMES)
-            if new is None:
-                unknown.append(key)
-                continue
-            out[f"decoder.layers.{m[1]}.self_block.{new}"] = value
+            out[_BLOCK_DESTS[m[1]].format(m[2]) + new] = value
         elif m := re.match(r"text_decoder\.cross_attn\.(\d+)\.(.+)$", k):
             dst = f"decoder.layers.{m[1]}.cross_block."
             if m[2] in ("attn.in_proj_weight", "attn.in_proj_bias"):
