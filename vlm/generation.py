@@ -4,50 +4,25 @@ The image is encoded once. Both causal stacks that run per token, the unimodal
 text tower and the multimodal decoder, keep a key/value cache, and the
 decoder's cross-attention keys/values over the image tokens are computed on the
 first step only, so each new token costs one position through each stack.
+
+    >>> from vlm.generation import GenerationConfig, generate
+    >>> ids = generate(model, images, tokenizer, GenerationConfig(beams=3))  # (B, 3, H, W) -> B id lists
+
+Every option, its default and its bounds live on ``GenerationConfig`` (``vlm.generation_config``,
+imported without torch); ``vlm caption``'s flags are derived from its fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from vlm.generation_config import GenerationConfig, SpecialTokens
 from vlm.packed_linear import packed_linears
 
-
-@dataclass
-class GenerationConfig:
-    max_tokens: int = 30  # new tokens at most (the end token included)
-    min_tokens: int = 0  # the end token is forbidden before this many tokens
-    beams: int = 1  # > 1: beam search
-    top_p: Optional[float] = None  # nucleus sampling: keep the smallest set with this mass
-    top_k: Optional[int] = None  # sampling from the k most likely tokens
-    temperature: float = 1.0  # sampling temperature
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already generated (CTRL)
-    length_penalty: float = 1.0  # beam scores are logprob / length ** length_penalty
-    seed: Optional[int] = None  # sampling seed, for reproducible samples
-
-    @property
-    def sampling(self) -> bool:
-        return self.top_p is not None or self.top_k is not None
-
-    def validate(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError("min_tokens must be between 0 and max_tokens")
-        if self.beams < 1:
-            raise ValueError("beams must be at least 1")
-        if self.beams > 1 and self.sampling:
-            raise ValueError("choose beam search or sampling, not both")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
+__all__ = ["GenerationConfig", "SpecialTokens", "generate"]
 
 
 class _Stepper:
@@ -106,11 +81,14 @@ def _strip(seq: list[int], eot_id: int, pad_id: int) -> list[int]:
 
 
 @torch.inference_mode()
-def generate(model, images: Tensor, sot_id: int, eot_id: int, pad_id: int = 0,
-             cfg: Optional[GenerationConfig] = None) -> list[list[int]]:
-    """Caption token ids (start/end tokens removed) for a (B, 3, H, W) batch of images."""
-    cfg = cfg or GenerationConfig()
-    cfg.validate()
+def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = None) -> list[list[int]]:
+    """Caption token ids (start/end tokens removed) for a (B, 3, H, W) batch of images.
+
+    ``tokens`` is the model's tokenizer or a ``SpecialTokens``; ``cfg`` defaults to greedy decoding.
+    """
+    cfg = (cfg or GenerationConfig()).validate()
+    special = SpecialTokens.of(tokens)
+    sot_id, eot_id, pad_id = special.sot, special.eot, special.pad
     limit = min(model.cfg.decoder.context_length, model.cfg.text.context_length) - 1
     max_tokens = min(cfg.max_tokens, limit)
     image_tokens = model.visual(images).tokens  # (B, N, D), encoded once

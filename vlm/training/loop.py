@@ -94,8 +94,7 @@ def sample_captions(accelerator, model, val_set, tokenizer, n: int) -> list[str]
     images = torch.stack([it["image"] for it in items]).to(accelerator.device)
     net.eval()
     with torch.no_grad():
-        ids = generate(net, images, tokenizer.sot_id, tokenizer.eot_id, tokenizer.pad_id,
-                       GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
+        ids = generate(net, images, tokenizer, GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
     net.train()
     return [f"{tokenizer.decode(row).strip()!r} (ref: {it['caption']!r})" for row, it in zip(ids, items)]
 
