@@ -266,3 +266,25 @@ def test_long_work_shows_a_progress_bar_on_a_terminal(tiny_checkpoint, tmp_path)
                                 "--no-meteor", "--max-tokens", "2", "--batch-size", "8"])
     assert "vlm evaluate:" in shown and "/40" in shown
     assert "it/s" not in run_vlm("data", "shapes", "--out", tmp_path / "t", "--n", "3", "--seed", "0").stderr
+
+
+def test_readme_flag_table_agrees_with_every_command():
+    """README's "command | model flags" table: each command's --help has exactly the model flags the
+    table gives it, and every `vlm` command has a row."""
+    import re
+
+    from vlm.cli.main import COMMANDS
+
+    text = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| ([a-z, ]+) \| (.+) \|$", text, re.M)
+    table = {}
+    for commands, flags in rows:
+        if commands.strip() == "command":
+            continue
+        for name in commands.split(","):
+            table[name.strip()] = set(re.findall(r"`(--[a-z-]+)`", flags.split("(")[0] if "none" in flags else flags))
+    assert set(COMMANDS) <= set(table), f"commands missing from the README table: {set(COMMANDS) - set(table)}"
+    model_flags = {"--model", "--pretrained", "--device", "--image-size", "--batch-size", "--json"}
+    for name, flags in table.items():
+        shown = set(re.findall(r"--[a-z-]+", run_vlm(name, "--help").stdout)) & model_flags
+        assert shown == flags, (name, shown, flags)

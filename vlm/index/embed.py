@@ -160,4 +160,4 @@ def _captions(pipe, x: torch.Tensor, cfg) -> list[str]:
     from vlm.generation import generate
 
     tok = pipe.tokenizer
-    return [tok.decode(r).strip() for r in generate(pipe.model, x, tok.sot_id, tok.eot_id, tok.pad_id, cfg)]
+    return [tok.decode(r).strip() for r in generate(pipe.model, x, tok, cfg)]
