@@ -247,7 +247,7 @@ class Pipeline:
                 results[n] = [(labels[j], float(q)) for q, j in zip(pr, ix)]
         return results
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference mode: callers use the matrix in their own autograd-tracked arithmetic
     def similarity(self, images, texts: Sequence[str], *, on_error: str = "raise") -> torch.Tensor:
         """(N_images, N_texts) cosine similarities; ``texts`` may be one string (one column)."""
         from vlm.images import preprocess_batch
