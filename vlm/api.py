@@ -292,7 +292,8 @@ def _chunks(items: list, size: int):
 def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_size: Optional[int] = None,
          pretrained: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Pipeline:
     """Load a shipped model name, a checkpoint directory, or (with the `convert` extras)
-    ``open_clip:ARCH`` / ``hf:NAME``; None means the default model.
+    ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME``; None means the default model. A classifier
+    (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``.
 
     ``pretrained`` names the weights of an ``open_clip:ARCH`` model (a tag or a checkpoint file;
     the same as ``open_clip:ARCH@TAG``). ``image_size`` and ``batch_size`` are checked against
@@ -304,16 +305,29 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     if pretrained is not None and not (name_or_dir or "").startswith("open_clip:"):
         raise InvalidOption("pretrained", pretrained, "goes with an open_clip:ARCH model name")
     dev = resolve_device(device)
-    if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:")):
+    if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:", "timm:")):
         from vlm.convert.remote import load_remote
 
         model, tokenizer, directory = load_remote(name_or_dir if pretrained is None
                                                   else f"{name_or_dir}@{pretrained}")
     else:
         from vlm.checkpoint import load_pretrained
+        from vlm.classify.checkpoint import is_classifier_dir, load_classifier
 
         directory = resolve_checkpoint(name_or_dir)
-        model, tokenizer = load_pretrained(directory)
+        if is_classifier_dir(directory):
+            model, tokenizer = load_classifier(directory), None
+        else:
+            model, tokenizer = load_pretrained(directory)
+    if getattr(model.cfg, "model_type", "") == "classifier":  # a supervised classifier: its own labels
+        from vlm.classify.pipeline import ClassifierPipeline
+
+        cpipe = ClassifierPipeline(model, PreprocessConfig.for_model(model.cfg), dev, name=str(name_or_dir))
+        if image_size is not None:
+            cpipe.set_image_size(image_size)
+        check_fits(model.cfg, cpipe.image_size, batch_size, device=dev)
+        cpipe.model = model.to(dev).eval()
+        return cpipe
     extra = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
     pre = PreprocessConfig.for_model(model.cfg)
     pipe = Pipeline(model, tokenizer, pre, dev, name=str(name_or_dir or DEFAULT_MODEL),
