@@ -189,3 +189,24 @@ def test_first_line_of_an_exception():
     assert first_line(ValueError("\n  first\nsecond")) == "first"
     assert first_line(ValueError()) == "ValueError"
     assert first_line(KeyError("k")) == "'k'"
+
+
+def test_pretrained_is_passed_as_its_own_argument_not_baked_into_the_name(monkeypatch):
+    """``vlm.load("open_clip:ARCH", pretrained=X)`` reaches the loader as an argument (the CLI's
+    --pretrained); naming the weights twice is refused."""
+    from vlm.convert import remote
+    from vlm.errors import ModelError
+
+    seen = {}
+
+    def fake_open_clip(spec, tag=None, pretrained=None):
+        seen.update(spec=spec, pretrained=pretrained)
+        raise ModelError("stop here")
+
+    monkeypatch.setattr(remote, "load_open_clip", fake_open_clip)
+    with pytest.raises(ModelError, match="stop here"):
+        vlm.load("open_clip:ViT-B-32", pretrained="/weights/x.bin", device="cpu")
+    assert seen == {"spec": "ViT-B-32", "pretrained": "/weights/x.bin"}
+    monkeypatch.undo()
+    with pytest.raises(ModelError, match="already says which weights"):
+        remote.load_open_clip("ViT-B-32@openai", pretrained="laion2b_s34b_b79k")

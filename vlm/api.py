@@ -308,8 +308,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:", "timm:")):
         from vlm.convert.remote import load_remote
 
-        model, tokenizer, directory = load_remote(name_or_dir if pretrained is None
-                                                  else f"{name_or_dir}@{pretrained}")
+        model, tokenizer, directory = load_remote(name_or_dir, pretrained=pretrained)
     else:
         from vlm.checkpoint import load_pretrained
         from vlm.classify.checkpoint import is_classifier_dir, load_classifier
@@ -330,7 +329,8 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
         return cpipe
     extra = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
     pre = PreprocessConfig.for_model(model.cfg)
-    pipe = Pipeline(model, tokenizer, pre, dev, name=str(name_or_dir or DEFAULT_MODEL),
+    label = str(name_or_dir or DEFAULT_MODEL) + (f"@{pretrained}" if pretrained is not None else "")
+    pipe = Pipeline(model, tokenizer, pre, dev, name=label,
                     templates=extra.get("zero_shot_templates") or DEFAULT_TEMPLATES, batch_size=batch_size)
     if image_size is not None:
         pipe.set_image_size(image_size)

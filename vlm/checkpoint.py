@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from vlm.config import ModelConfig
-from vlm.errors import CheckpointError
+from vlm.errors import CheckpointError, first_line
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -64,7 +64,7 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: unreadable weights ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: unreadable weights ({first_line(e)})") from None
 
 
 def load_weights(model, state: dict[str, torch.Tensor], source) -> None:

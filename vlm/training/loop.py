@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from vlm.errors import UsageError, VlmError
+from vlm.errors import UsageError, VlmError, first_line
 
 
 class NonFiniteLossError(VlmError):
@@ -137,7 +137,7 @@ def train(cfg) -> dict:
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
     except (OSError, ValueError, KeyError) as e:  # OSError: also a dataset that needs the network
-        raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else str(e).splitlines()[0]) from None
+        raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)) from None
     # weight 0: skip the decoder forward; None: a CLIP, no decoder at all
     caption = (cfg.caption_weight > 0) if getattr(model, "decoder", None) is not None else None
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
@@ -157,7 +157,7 @@ def train(cfg) -> dict:
             accelerator.load_state(str(path))  # model, optimizer, scheduler, RNG, sampler, accumulation count
         except (RuntimeError, ValueError, KeyError) as e:
             raise UsageError(f"resume={path}: the checkpoint does not match this model or optimizer "
-                             f"({str(e).splitlines()[0].rstrip(':')})") from None
+                             f"({first_line(e).rstrip(':')})") from None
         step, epoch, done = read_position(path, batches_per_step=cfg.grad_accum_steps,
                                           batches_per_epoch=batches_per_epoch)
         accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {done})")
