@@ -188,20 +188,35 @@ class Pipeline:
 def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
          image_size: Optional[int] = None) -> Pipeline:
     """Load a shipped model name, a checkpoint directory, or (with the `convert` extras)
-    ``open_clip:ARCH`` / ``hf:NAME``; None means the default model."""
+    ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME``; None means the default model. A classifier
+    (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``."""
     from vlm.checkpoint import CheckpointMeta, load_checkpoint, read_config
     from vlm.images import PreprocessConfig
 
     dev = resolve_device(device)
-    if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:")):
+    if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:", "timm:")):
         from vlm.convert.remote import load_remote
 
         model, tokenizer, directory = load_remote(name_or_dir)
-        meta = read_config(directory)[1] if directory else CheckpointMeta()
+        classifier = getattr(model.cfg, "model_type", "") == "classifier"
+        meta = read_config(directory)[1] if directory and not classifier else CheckpointMeta()
     else:
-        ckpt = load_checkpoint(resolve_checkpoint(name_or_dir))
-        model, tokenizer, meta = ckpt.model, ckpt.tokenizer, ckpt.meta
+        from vlm.classify.checkpoint import is_classifier_dir, load_classifier
+
+        directory = resolve_checkpoint(name_or_dir)
+        if is_classifier_dir(directory):
+            model, tokenizer, meta = load_classifier(directory), None, CheckpointMeta()
+        else:
+            ckpt = load_checkpoint(directory)
+            model, tokenizer, meta = ckpt.model, ckpt.tokenizer, ckpt.meta
     model = model.to(dev).eval()
+    if getattr(model.cfg, "model_type", "") == "classifier":  # a supervised classifier: its own labels
+        from vlm.classify.pipeline import ClassifierPipeline
+
+        cpipe = ClassifierPipeline(model, PreprocessConfig.for_model(model.cfg), dev, name=str(name_or_dir))
+        if image_size is not None:
+            cpipe.set_image_size(image_size)
+        return cpipe
     pre = PreprocessConfig.for_model(model.cfg)
     pipe = Pipeline(model, tokenizer, pre, dev, name=str(name_or_dir or DEFAULT_MODEL),
                     templates=meta.zero_shot_templates or DEFAULT_TEMPLATES)

@@ -47,6 +47,9 @@ class CheckpointMeta:
                 raise ValueError(f"zero_shot_templates: {t!r} has no {{}} where the label goes")
 
 
+CHECKPOINT_META_KEYS = tuple(f.name for f in dataclasses.fields(CheckpointMeta))  # top level in old checkpoints
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the model (eval mode), its tokenizer and its metadata."""

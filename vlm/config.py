@@ -43,6 +43,8 @@ class VisionConfig:
     attn_pool_queries: int = 256  # pooler queries: 1 contrastive + (n-1) decoder tokens
     attn_pool_heads: int = 8  # heads of the attentional pooler
     norm_eps: float = 1e-5  # LayerNorm epsilon
+    norm_pre: bool = True  # LayerNorm before the blocks (CLIP's ln_pre); timm / HF ViT classifiers have none
+    patch_bias: bool = False  # a bias in the patch embedding (timm / HF ViT classifiers have one)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class PreprocessConfig:
     resize_mode: str = "shortest"  # "shortest" (resize + center crop), "squash" or "longest" (pad)
     interpolation: str = "bicubic"  # resize filter: "bicubic" or "bilinear"
     crop_rounding: str = "round"  # center-crop offset: "round" (torchvision, open_clip) or "floor" (Hugging Face)
+    crop_pct: float = 1.0  # resize to floor(image_size / crop_pct), then center-crop image_size (timm eval)
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(x) for x in self.mean)
@@ -101,6 +104,8 @@ class PreprocessConfig:
             raise ValueError(f"std={list(self.std)}: every value must be positive")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.crop_rounding not in ("round", "floor"):
             raise ValueError(f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}")
         if self.interpolation not in INTERPOLATIONS:

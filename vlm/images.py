@@ -18,6 +18,7 @@ inside the functions that build tensors.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -274,14 +275,16 @@ def _size(cfg: PreprocessConfig) -> int:
 
 def _resized_square(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     size = _size(cfg)
+    scale = size if cfg.crop_pct == 1.0 else math.floor(size / cfg.crop_pct)  # timm: floor(size / crop_pct)
     resample = RESAMPLING[cfg.interpolation]
     width, height = img.size
     if cfg.resize_mode == "squash":
-        return _resize(img, (size, size), resample)
+        img = _resize(img, (scale, scale), resample)
+        return img if scale == size else _center_crop(img, size, cfg.crop_rounding)
     if cfg.resize_mode == "longest":
-        img = _resize(img, _longest_side_size(width, height, size), resample)
+        img = _resize(img, _longest_side_size(width, height, scale), resample)
         return _center_crop(img, size, cfg.crop_rounding)
-    img = _resize(img, _shortest_side_size(width, height, size), resample)
+    img = _resize(img, _shortest_side_size(width, height, scale), resample)
     return _center_crop(img, size, cfg.crop_rounding)
 
 
