@@ -3,7 +3,7 @@
     vlm caption IMAGE_OR_DIR... [--model M] [--beams N] [--json]
     vlm classify IMAGE_OR_DIR... --labels "cat,dog" [--template T]... [--top-k K]
     vlm similarity --images IMG... --texts TEXT... [--plot FILE.png]
-    vlm models | vlm data shapes | vlm evaluate | vlm convert | vlm explain
+    vlm models | vlm data shapes | vlm evaluate | vlm convert | vlm explain | vlm export
 
 Exit status: 0 every input succeeded, 1 some inputs failed, 2 usage or model error.
 """
@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": ("vlm.cli.evaluate", "captioning, retrieval and zero-shot metrics on a dataset"),
     "convert": ("vlm.cli.convert", "import open_clip or Hugging Face CLIP/CoCa weights"),
     "explain": ("vlm.cli.explain", "figures of what the ViT learned"),
+    "export": ("vlm.cli.export", "write a model as ONNX, a transformers CLIPModel or an open_clip checkpoint"),
 }
 
 
