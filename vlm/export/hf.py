@@ -137,24 +137,17 @@ def image_processor(cfg):
 
 
 def _write_tokenizer(tokenizer, out: Path):
-    """CLIPTokenizer files (vocab.json + merges.txt) from vlm's CLIP BPE vocabulary, then saved by transformers."""
+    """CLIPTokenizer files (vocab.json + merges.txt) from vlm's CLIP BPE vocabulary; transformers adds the rest."""
     from transformers import CLIPTokenizer
 
     vocab = {piece: i for i, piece in enumerate(tokenizer._id_to_piece)}
     vocab["<|startoftext|>"] = vocab.pop("<start_of_text>")
     vocab["<|endoftext|>"] = vocab.pop("<end_of_text>")
     merges = sorted(tokenizer._ranks, key=tokenizer._ranks.get)
-    raw = out / "_tok"
-    raw.mkdir()
-    (raw / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (raw / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n",
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n",
                                     encoding="utf-8")
-    tok = CLIPTokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"),
-                        model_max_length=tokenizer.context_length)
-    for f in raw.iterdir():
-        f.unlink()
-    raw.rmdir()
-    return tok
+    return CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=tokenizer.context_length)
 
 
 def export_hf(model, tokenizer, out: Path, source: str = "model") -> list[str]:
@@ -178,6 +171,8 @@ def export_hf(model, tokenizer, out: Path, source: str = "model") -> list[str]:
         if name.endswith("position_ids"):
             buf.copy_(torch.arange(buf.shape[-1]).expand_as(buf))
     clip.eval().save_pretrained(out, safe_serialization=True)
-    processor = CLIPProcessor(image_processor=image_processor(model.cfg), tokenizer=_write_tokenizer(tokenizer, out))
+    images = image_processor(model.cfg)
+    processor = CLIPProcessor(image_processor=images, tokenizer=_write_tokenizer(tokenizer, out))
     processor.save_pretrained(out)
+    images.save_pretrained(out)  # preprocessor_config.json too, the file transformers 4 (and `vlm convert hf`) read
     return notes
