@@ -118,7 +118,8 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, prefix + gh*gw, width), after the transformer blocks."""
-        check_image_size(tuple(images.shape[-2:]), self.cfg.patch_size)  # the strided conv would drop pixels
+        # int(): under ONNX/JIT tracing the sizes are 0-d tensors; the strided conv would drop pixels
+        check_image_size((int(images.shape[-2]), int(images.shape[-1])), self.cfg.patch_size)
         x = self.patch_embed(images)  # (B, W, gh, gw)
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, W)
