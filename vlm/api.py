@@ -14,7 +14,6 @@ kept out of the way instead of failing the call: ``on_error="return"`` (see ``Pi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -102,17 +101,21 @@ class Pipeline:
         return self.preprocess_cfg.image_size
 
     def set_image_size(self, size: int) -> None:
-        """Run at another resolution: same patches, bicubically resized position embeddings."""
+        """Take ``size`` x ``size`` inputs from now on: same patches, the position embeddings resized
+        bicubically on the fly (the model's own stored size, ``model.cfg``, is left as trained)."""
+        from vlm.config import check_image_size
         from vlm.limits import MAX_IMAGE_SIZE
 
         patch = self.model.cfg.vision.patch_size
         if isinstance(size, bool) or not isinstance(size, int):
             raise InvalidOption("image_size", size, "must be an integer")
-        if size < patch or size % patch:
-            raise InvalidOption("image_size", size, f"must be a positive multiple of the patch size {patch}")
+        try:
+            check_image_size(size, patch)
+        except ValueError:
+            raise InvalidOption("image_size", size, f"must be a positive multiple of the patch size {patch}") from None
         if size > MAX_IMAGE_SIZE:
             raise InvalidOption("image_size", size, f"must be at most {MAX_IMAGE_SIZE} pixels")
-        self.preprocess_cfg.image_size = size
+        self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
 
     def check_fits(self, batch_size: Optional[int] = None, beams: int = 1) -> None:
         """Raise ``InvalidOption`` when a batch at this image size (and beam count) cannot fit in memory."""
@@ -298,6 +301,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     ``pretrained`` names the weights of an ``open_clip:ARCH`` model (a tag or a checkpoint file;
     the same as ``open_clip:ARCH@TAG``). ``image_size`` and ``batch_size`` are checked against
     the memory of ``device`` here, before any image is read."""
+    from vlm.checkpoint import CheckpointMeta, load_checkpoint, read_config
     from vlm.images import PreprocessConfig
     from vlm.limits import check_batch_size, check_fits
 
@@ -309,15 +313,17 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
         from vlm.convert.remote import load_remote
 
         model, tokenizer, directory = load_remote(name_or_dir, pretrained=pretrained)
+        classifier = getattr(model.cfg, "model_type", "") == "classifier"
+        meta = read_config(directory)[1] if directory and not classifier else CheckpointMeta()
     else:
-        from vlm.checkpoint import load_pretrained
         from vlm.classify.checkpoint import is_classifier_dir, load_classifier
 
         directory = resolve_checkpoint(name_or_dir)
         if is_classifier_dir(directory):
-            model, tokenizer = load_classifier(directory), None
+            model, tokenizer, meta = load_classifier(directory), None, CheckpointMeta()
         else:
-            model, tokenizer = load_pretrained(directory)
+            ckpt = load_checkpoint(directory)
+            model, tokenizer, meta = ckpt.model, ckpt.tokenizer, ckpt.meta
     if getattr(model.cfg, "model_type", "") == "classifier":  # a supervised classifier: its own labels
         from vlm.classify.pipeline import ClassifierPipeline
 
@@ -327,11 +333,10 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
         check_fits(model.cfg, cpipe.image_size, batch_size, device=dev)
         cpipe.model = model.to(dev).eval()
         return cpipe
-    extra = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
     pre = PreprocessConfig.for_model(model.cfg)
     label = str(name_or_dir or DEFAULT_MODEL) + (f"@{pretrained}" if pretrained is not None else "")
     pipe = Pipeline(model, tokenizer, pre, dev, name=label,
-                    templates=extra.get("zero_shot_templates") or DEFAULT_TEMPLATES, batch_size=batch_size)
+                    templates=meta.zero_shot_templates or DEFAULT_TEMPLATES, batch_size=batch_size)
     if image_size is not None:
         pipe.set_image_size(image_size)
     check_fits(model.cfg, pipe.image_size, batch_size, device=dev)  # before the weights move to the device
