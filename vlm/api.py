@@ -67,6 +67,8 @@ def resolve_checkpoint(name: Optional[str]) -> Path:
 class Pipeline:
     """A loaded model with its tokenizer and preprocessing, ready for inference."""
 
+    ood_notice = None  # a vlm.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors
+
     def __init__(self, model, tokenizer, preprocess, device: torch.device, name: str = "",
                  templates: Sequence[str] = DEFAULT_TEMPLATES):
         self.model = model
@@ -96,7 +98,10 @@ class Pipeline:
         from vlm.images import load_image, preprocess_batch
 
         pil = [load_image(im) for im in images]
-        return preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        x = preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        if self.ood_notice is not None:  # warns once when images are far from the training data (vlm.ood)
+            self.ood_notice(self.model, x)
+        return x
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -137,7 +142,8 @@ class Pipeline:
         cfg = self.generation_config(beams, max_tokens, min_tokens, top_p, top_k, temperature,
                                      repetition_penalty, seed)
         tok = self.tokenizer
-        ids = generate(self.model, self.images_to_tensor(images), tok.sot_id, tok.eot_id, tok.pad_id, cfg)
+        ids = generate(self.model, self.images_to_tensor(images), tok.sot_id, tok.eot_id, tok.pad_id, cfg,
+                       tokenizer=tok)
         return [tok.decode(row).strip() for row in ids]
 
     def label_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
@@ -203,4 +209,8 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
                     templates=extra.get("zero_shot_templates") or DEFAULT_TEMPLATES)
     if image_size is not None:
         pipe.set_image_size(image_size)
+    if directory:
+        from vlm.ood import OODCheck, OODNotice
+
+        pipe.ood_notice = OODNotice(OODCheck.for_checkpoint(directory), pipe.name)
     return pipe
