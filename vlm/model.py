@@ -47,7 +47,7 @@ class CLIP(nn.Module):
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def encode_text(self, text: Tensor, normalize: bool = True) -> Tensor:
-        pooled = self.text(text).pooled
+        pooled = self.text.embed(text)  # runs no trailing padding
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

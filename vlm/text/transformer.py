@@ -5,6 +5,10 @@ is taken at the end-of-text token (``pool="eot"``, CLIP) or at a CLS token
 appended after the text (``pool="cls"``, CoCa), then projected to the shared
 embedding size. The per-token outputs are what the CoCa caption decoder reads;
 ``embed_incremental`` computes them one step at a time with a key/value cache.
+
+``embed`` returns only the sentence embedding and runs no trailing padding: a
+causal stack never lets a token see a later one, so the positions after the
+pooled token change nothing it computes (open_clip always runs all 77).
 """
 
 from __future__ import annotations
@@ -64,6 +68,40 @@ class TextTransformer(nn.Module):
             eot = (text == self.cfg.eot_id).int().argmax(dim=-1)  # first end-of-text position
             pooled, tokens = x[torch.arange(B, device=x.device), eot], x
         return TextOutput(pooled=self.proj(pooled), tokens=tokens)
+
+    def embed(self, text: Tensor) -> Tensor:
+        """(B, embed_dim) projected sentence embedding, equal to ``forward(text).pooled``.
+
+        The batch is cut to its longest text first: for ``pool="eot"`` up to the last
+        end-of-text token; for ``pool="cls"`` up to the last non-padding token (plus the
+        first padding key, which the legacy mask lets the CLS token see). The CLS token
+        keeps the position and key visibility it has after the full-length text.
+        """
+        B, L = text.shape
+        keep = self._kept_length(text)
+        if keep >= L:
+            return self.forward(text).pooled
+        if self.cls_token is None:
+            return self.forward(text[:, :keep]).pooled
+        short = text[:, :keep]
+        x = self.token_embed(short) + self.pos_embed[:keep].to(self.token_embed.weight.dtype)  # (B, keep, W)
+        cls = self.cls_token + self.pos_embed[L]  # the position it has after L tokens
+        x = torch.cat([x, cls.to(x.dtype).expand(B, 1, -1)], dim=1)  # (B, keep+1, W)
+        mask = self._cls_mask(short)  # (B, 1, keep+1, keep+1)
+        if self.cfg.cls_mask == "legacy":  # CLS sees itself iff the full-length text's last token is not padding
+            mask[:, 0, -1, -1] = text[:, -1] != self.cfg.pad_id
+        x = self.transformer(x, mask=mask)
+        return self.proj(self.norm_final(x[:, -1]))
+
+    def _kept_length(self, text: Tensor) -> int:
+        """How many leading positions the pooled token depends on (one host sync per batch)."""
+        L = text.shape[1]
+        pos = torch.arange(1, L + 1, device=text.device)
+        if self.cls_token is None:
+            last = ((text == self.cfg.eot_id) * pos).amax()  # the last end-of-text, 1-based; 0 if none
+            return L if int(last) == 0 else int(last)
+        last = int(((text != self.cfg.pad_id) * pos).amax())  # last non-padding position, 1-based
+        return min(L, last + (1 if self.cfg.cls_mask == "legacy" else 0)) if last else L
 
     def new_cache(self) -> KVCache:
         return KVCache.empty(len(self.transformer.blocks))
