@@ -14,20 +14,22 @@ position embeddings are resized by bicubic interpolation (``resize_pos_embed``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlm.config import VisionConfig
+from vlm.config import VisionConfig, check_image_size
 from vlm.layers import Attention, Transformer
 
 
 @dataclass
 class VisionOutput:
-    pooled: Tensor  # (B, embed_dim) projected, not normalised
+    pooled: Tensor  # (B, embed_dim) projected, not normalised (no projection: the pooled feature)
     tokens: Tensor  # (B, N, token_dim) the tokens the caption decoder cross-attends to
 
 
@@ -65,18 +67,21 @@ class AttentionalPooler(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, cfg: VisionConfig, embed_dim: int):
+    """``embed_dim=None``: no contrastive projection (a supervised classifier's backbone)."""
+
+    def __init__(self, cfg: VisionConfig, embed_dim: Optional[int]):
         super().__init__()
         self.cfg = cfg
         W, P = cfg.width, cfg.patch_size
         self.grid = cfg.image_size // P
         self.num_prefix = 1 if cfg.cls_token else 0
-        self.patch_embed = nn.Conv2d(3, W, kernel_size=P, stride=P, bias=False)
+        self.patch_embed = nn.Conv2d(3, W, kernel_size=P, stride=P, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.randn(W) * 0.02) if cfg.cls_token else None
         self.pos_embed = nn.Parameter(torch.randn(self.num_prefix + self.grid**2, W) * 0.01)
-        self.norm_pre = nn.LayerNorm(W, eps=cfg.norm_eps)
+        self.norm_pre = nn.LayerNorm(W, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()
         self.transformer = Transformer(W, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.norm_eps)
         if cfg.pool == "attn":
+            assert embed_dim is not None, "the attentional pooler works at the embedding width"
             self.attn_pool = AttentionalPooler(embed_dim, W, cfg.attn_pool_heads, cfg.attn_pool_queries,
                                                cfg.norm_eps)
             pool_dim = embed_dim
@@ -84,7 +89,7 @@ class VisionTransformer(nn.Module):
             self.attn_pool = None
             pool_dim = W
         self.norm_post = nn.LayerNorm(pool_dim, eps=cfg.norm_eps)
-        self.proj = nn.Linear(pool_dim, embed_dim, bias=False)
+        self.proj = nn.Linear(pool_dim, embed_dim, bias=False) if embed_dim is not None else nn.Identity()
         self.token_dim = pool_dim
         self._pos_cache: dict = {}
 
@@ -99,23 +104,22 @@ class VisionTransformer(nn.Module):
         return self._pos_cache[key]
 
     def set_image_size(self, image_size: int) -> None:
-        """Resize the position embeddings for good, e.g. to fine-tune at a higher resolution."""
-        if image_size % self.cfg.patch_size:
-            raise ValueError(f"image size {image_size} is not a multiple of the patch size {self.cfg.patch_size}")
+        """Take ``image_size`` inputs from now on, for good (e.g. to fine-tune at a higher resolution):
+        the position embeddings are resampled and ``self.cfg`` is a new config saying so (the
+        config object it was built from is not changed; ``CLIP.set_image_size`` updates the model's)."""
+        check_image_size(image_size, self.cfg.patch_size)
         g = image_size // self.cfg.patch_size
         with torch.no_grad():
             new = resize_pos_embed(self.pos_embed.data, (g, g), self.num_prefix)
         self.pos_embed = nn.Parameter(new)
         self.grid = g
-        self.cfg.image_size = image_size
+        self.cfg = dataclasses.replace(self.cfg, image_size=image_size)
         self._pos_cache = {}
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, prefix + gh*gw, width), after the transformer blocks."""
-        P = self.cfg.patch_size
-        if images.shape[-2] % P or images.shape[-1] % P:  # the strided conv would silently drop pixels
-            raise ValueError(f"image size {images.shape[-2]}x{images.shape[-1]} is not a multiple of the "
-                             f"patch size {P}")
+        # int(): under ONNX/JIT tracing the sizes are 0-d tensors; the strided conv would drop pixels
+        check_image_size((int(images.shape[-2]), int(images.shape[-1])), self.cfg.patch_size)
         x = self.patch_embed(images)  # (B, W, gh, gw)
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, W)
@@ -126,13 +130,16 @@ class VisionTransformer(nn.Module):
         x = self.norm_pre(x)
         return self.transformer(x)
 
-    def forward_head(self, x: Tensor) -> VisionOutput:
+    def pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Transformer output -> (pooled feature before the projection (B, token_dim), tokens)."""
         if self.attn_pool is not None:
             x = self.norm_post(self.attn_pool(x))  # (B, n_queries, embed_dim)
-            pooled, tokens = x[:, 0], x[:, 1:]
-        else:
-            x = self.norm_post(x)
-            pooled, tokens = x[:, 0], x[:, self.num_prefix:]
+            return x[:, 0], x[:, 1:]
+        x = self.norm_post(x)
+        return x[:, 0], x[:, self.num_prefix:]
+
+    def forward_head(self, x: Tensor) -> VisionOutput:
+        pooled, tokens = self.pool(x)
         return VisionOutput(pooled=self.proj(pooled), tokens=tokens)
 
     def forward(self, images: Tensor) -> VisionOutput:
