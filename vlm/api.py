@@ -82,6 +82,8 @@ class Pipeline:
     - ``similarity``: that image's row is NaN; ``load_images(images, on_error="return")`` gives the reasons.
     """
 
+    ood_notice = None  # a vlm.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors
+
     def __init__(self, model, tokenizer, preprocess, device: torch.device, name: str = "",
                  templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = DEFAULT_BATCH_SIZE):
         self.model = model
@@ -158,9 +160,16 @@ class Pipeline:
 
     # -- encoding ---------------------------------------------------------------------------
     def images_to_tensor(self, images) -> torch.Tensor:
+        return self._tensor(self.load_images(images))
+
+    def _tensor(self, pil: list) -> torch.Tensor:
+        """(B, 3, S, S) model input of loaded images; the out-of-distribution notice looks at it."""
         from vlm.images import preprocess_batch
 
-        return preprocess_batch(self.load_images(images), self.preprocess_cfg).to(self.device)
+        x = preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        if self.ood_notice is not None:  # warns once when images are far from the training data (vlm.ood)
+            self.ood_notice(self.model, x)
+        return x
 
     @torch.inference_mode()
     def encode_images(self, images) -> torch.Tensor:
@@ -199,14 +208,13 @@ class Pipeline:
         ``config`` is a ``vlm.generation.GenerationConfig``; keyword ``options`` set its fields
         (``caption(imgs, beams=3, max_tokens=20)``)."""
         from vlm.generation import generate
-        from vlm.images import preprocess_batch
 
         cfg = self.generation_config(config, **options)
         tok = self.tokenizer
         results: list = []
         for pil, where, results in self._batches(images, on_error):
             if pil:
-                x = preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+                x = self._tensor(pil)
                 for n, row in zip(where, generate(self.model, x, tok, cfg)):
                     results[n] = tok.decode(row).strip()
         return results
@@ -228,7 +236,6 @@ class Pipeline:
                  top_k: int = 5, label_embeds: Optional[torch.Tensor] = None, *,
                  on_error: str = "raise") -> list:
         """Zero-shot top-k (label, probability) per image; labels follow ``vlm.prompts.check_labels``."""
-        from vlm.images import preprocess_batch
         from vlm.prompts import check_labels
 
         labels = check_labels(labels)
@@ -243,7 +250,7 @@ class Pipeline:
         for pil, where, results in self._batches(images, on_error):
             if not pil:
                 continue
-            img = self.model.encode_image(preprocess_batch(pil, self.preprocess_cfg).to(self.device)).float()
+            img = self.model.encode_image(self._tensor(pil)).float()
             probs = (scale * img @ label_embeds.t()).softmax(dim=-1)  # (N, C)
             p, idx = probs.topk(min(top_k, len(labels)), dim=-1)
             for n, pr, ix in zip(where, p.tolist(), idx.tolist()):
@@ -253,8 +260,6 @@ class Pipeline:
     @torch.no_grad()  # not inference mode: callers use the matrix in their own autograd-tracked arithmetic
     def similarity(self, images, texts: Sequence[str], *, on_error: str = "raise") -> torch.Tensor:
         """(N_images, N_texts) cosine similarities; ``texts`` may be one string (one column)."""
-        from vlm.images import preprocess_batch
-
         texts = _as_texts(texts)
         if not texts:
             raise UsageError("texts: empty text list: give at least one text")
@@ -264,7 +269,7 @@ class Pipeline:
             if rows is None:  # a failed image keeps a NaN row
                 rows = torch.full((len(results), len(texts)), float("nan"), device=self.device)
             if pil:
-                img = self.model.encode_image(preprocess_batch(pil, self.preprocess_cfg).to(self.device)).float()
+                img = self.model.encode_image(self._tensor(pil)).float()
                 rows[where] = img @ text_embeds.t()
         return rows if rows is not None else torch.empty(0, len(texts), device=self.device)
 
@@ -341,4 +346,8 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
         pipe.set_image_size(image_size)
     check_fits(model.cfg, pipe.image_size, batch_size, device=dev)  # before the weights move to the device
     pipe.model = model.to(dev).eval()
+    if directory:
+        from vlm.ood import OODCheck, OODNotice
+
+        pipe.ood_notice = OODNotice(OODCheck.for_checkpoint(directory), pipe.name)
     return pipe

@@ -45,6 +45,10 @@ class GenerationConfig:
     length_penalty: float = _option(1.0, "beam scores are logprob / length ** this (0: no length "
                                     "normalisation)")
     seed: Optional[int] = _option(None, "sampling seed, for reproducible samples", low=0, high=2**63 - 1)
+    no_repeat_ngram: int = _option(0, "> 0: a token may not repeat an n-gram of this many tokens "
+                                   "(vlm.decoding_guards; 0 is off)", low=0, high=MAX_TOKENS_LIMIT)
+    block_degenerate: bool = _option(True, "refuse degenerate text while decoding (blank runs, stutter, "
+                                     "loops; vlm.decoding_guards)")
 
     @property
     def sampling(self) -> bool:
@@ -63,6 +67,10 @@ class GenerationConfig:
 
 def _check_option(f, value) -> None:
     """One field against its type and its bounds (``low``/``high`` in the field's metadata)."""
+    if str(f.type) == "bool":
+        if not isinstance(value, bool):
+            raise InvalidOption(f.name, value, f"must be True or False, not {type(value).__name__}")
+        return
     base = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}[str(f.type)]
     if value is None:
         if "Optional" not in str(f.type):

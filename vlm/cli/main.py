@@ -55,8 +55,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     return run_command(name, argv[1:])
 
 
+def _show_notes_as_lines(name: str) -> None:
+    """Warnings that carry a CLI wording (vlm.ood's notice) print as one ``vlm NAME: note:`` line."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if hasattr(message, "cli_message"):
+            print(f"vlm {name}: note: {message.cli_message()}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def run_command(name: str, argv: list[str]) -> int:
     """Run one subcommand, turning every expected failure into one line and an exit status."""
+    _show_notes_as_lines(name)
     from vlm.errors import VlmError, first_line
 
     try:

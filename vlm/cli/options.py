@@ -40,8 +40,13 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, only: Optional[Ite
     for f in fields(cls):
         if keep is not None and f.name not in keep:
             continue
-        typ, metavar = _TYPES[str(f.type)]
         default = f.default if f.default is not MISSING else None
+        if str(f.type) == "bool":  # --name / --no-name
+            group.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=default, help=f.metadata.get("help", "").replace("%", "%%")
+                               + (f" (default: {'on' if default else 'off'})" if default is not None else ""))
+            continue
+        typ, metavar = _TYPES[str(f.type)]
         notes = [b for b in [_bounds(f.metadata)] if b]
         if default is not None:
             notes.append(f"default {default}")

@@ -105,7 +105,7 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     from vlm.evaluation.retrieval import retrieval_recall
     from vlm.evaluation.shapes_check import shapes_attribute_accuracy
     from vlm.evaluation.zeroshot import topk_accuracy
-    from vlm.generation import generate
+    from vlm.generation import SpecialTokens, generate
     from vlm.images import load_image, preprocess_batch
     from vlm.training.data import open_caption_dir
 
@@ -129,7 +129,7 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
         x = preprocess_batch([im for im in images if im is not None], pipe.preprocess_cfg).to(pipe.device)
         embeds.append(pipe.model.encode_image(x).float().cpu())
         if gen_cfg is not None:
-            rows = generate(pipe.model, x, tok, gen_cfg)
+            rows = generate(pipe.model, x, SpecialTokens.of(tok), gen_cfg)  # no guards: metrics as published
             captions.update({i: tok.decode(r).strip() for i, r in zip(chunk, rows)})
         kept += chunk
     if not kept:

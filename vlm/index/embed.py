@@ -158,7 +158,7 @@ def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: Shard
 
 
 def _captions(pipe, x: torch.Tensor, cfg) -> list[str]:
-    from vlm.generation import generate
+    from vlm.generation import SpecialTokens, generate
 
     tok = pipe.tokenizer
-    return [tok.decode(r).strip() for r in generate(pipe.model, x, tok, cfg)]
+    return [tok.decode(r).strip() for r in generate(pipe.model, x, SpecialTokens.of(tok), cfg)]

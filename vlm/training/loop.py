@@ -80,7 +80,7 @@ def sample_captions(accelerator, model, val_set, tokenizer, n: int) -> list[str]
     """Greedy captions of the first ``n`` validation images (main process; not under FSDP)."""
     from accelerate.utils import DistributedType
 
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
 
     if n <= 0 or val_set is None or accelerator.distributed_type == DistributedType.FSDP:
         return []
@@ -94,7 +94,7 @@ def sample_captions(accelerator, model, val_set, tokenizer, n: int) -> list[str]
     images = torch.stack([it["image"] for it in items]).to(accelerator.device)
     net.eval()
     with torch.no_grad():
-        ids = generate(net, images, tokenizer, GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
+        ids = generate(net, images, SpecialTokens.of(tokenizer), GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
     net.train()
     return [f"{tokenizer.decode(row).strip()!r} (ref: {it['caption']!r})" for row, it in zip(ids, items)]
 
