@@ -18,8 +18,9 @@ class UsageError(VlmError):
     """Bad arguments: an empty label list, an option out of range."""
 
 
-class InvalidOption(UsageError):
-    """One option has a value that cannot work; ``str()`` is ``"name=value: reason"``."""
+class InvalidOption(UsageError, ValueError):
+    """One option has a value that cannot work; ``str()`` is ``"name=value: reason"``. A ValueError
+    too, so code that checks values with ``except ValueError`` keeps working."""
 
     def __init__(self, name: str, value, reason: str) -> None:
         super().__init__(f"{name}={value!r}: {reason}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from vlm.cli.common import Parser, add_model_args, load_pipeline, progress_bar
-from vlm.errors import UsageError
+from vlm.errors import InvalidOption, UsageError
 
 
 def build_parser() -> Parser:
@@ -84,6 +84,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         report = evaluate_model(pipe, data, args.split, batch_size=args.batch_size, beams=args.beams,
                                 max_tokens=args.max_tokens, max_images=args.max_images, spice=not args.no_spice,
                                 meteor=not args.no_meteor, progress=bar.update if bar else None)
+    except InvalidOption:  # an option (beams x batch too large): it names itself
+        raise
     except ValueError as e:
         raise UsageError(f"--data {args.data}: {e}") from None
     finally:
