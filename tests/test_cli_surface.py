@@ -47,7 +47,7 @@ def test_caption_flags_are_derived_from_generation_config():
     got = flags(caption.build_parser())
     for name, default in want.items():
         assert name in got and got[name].default == default, name
-        assert got[name].option_strings == ["--" + name.replace("_", "-")]
+        assert got[name].option_strings[0] == "--" + name.replace("_", "-")
     assert "length_penalty" in got
     for module, subset in ((evaluate, ("beams", "max_tokens")), (explain, ("max_tokens",))):
         got = flags(module.build_parser())
