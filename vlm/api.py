@@ -11,7 +11,7 @@ Images may be paths or PIL images; keyword arguments are named like the flags.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -67,6 +67,8 @@ def resolve_checkpoint(name: Optional[str]) -> Path:
 class Pipeline:
     """A loaded model with its tokenizer and preprocessing, ready for inference."""
 
+    ood_notice = None  # a vlm.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors
+
     def __init__(self, model, tokenizer, preprocess, device: torch.device, name: str = "",
                  templates: Sequence[str] = DEFAULT_TEMPLATES):
         self.model = model
@@ -85,18 +87,26 @@ class Pipeline:
         return self.preprocess_cfg.image_size
 
     def set_image_size(self, size: int) -> None:
-        """Run at another resolution: same patches, bicubically resized position embeddings."""
+        """Take ``size`` x ``size`` inputs from now on: same patches, the position embeddings resized
+        bicubically on the fly (the model's own stored size, ``model.cfg``, is left as trained)."""
+        from vlm.config import check_image_size
+
         patch = self.model.cfg.vision.patch_size
-        if size < patch or size % patch:
-            raise UsageError(f"--image-size {size}: must be a positive multiple of the patch size {patch}")
-        self.preprocess_cfg.image_size = size
+        try:
+            check_image_size(size, patch)
+        except ValueError:
+            raise UsageError(f"--image-size {size}: must be a positive multiple of the patch size {patch}") from None
+        self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
 
     # -- encoding ---------------------------------------------------------------------------
     def images_to_tensor(self, images: Sequence[ImageInput]) -> torch.Tensor:
         from vlm.images import load_image, preprocess_batch
 
         pil = [load_image(im) for im in images]
-        return preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        x = preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        if self.ood_notice is not None:  # warns once when images are far from the training data (vlm.ood)
+            self.ood_notice(self.model, x)
+        return x
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -137,7 +147,8 @@ class Pipeline:
         cfg = self.generation_config(beams, max_tokens, min_tokens, top_p, top_k, temperature,
                                      repetition_penalty, seed)
         tok = self.tokenizer
-        ids = generate(self.model, self.images_to_tensor(images), tok.sot_id, tok.eot_id, tok.pad_id, cfg)
+        ids = generate(self.model, self.images_to_tensor(images), tok.sot_id, tok.eot_id, tok.pad_id, cfg,
+                       tokenizer=tok)
         return [tok.decode(row).strip() for row in ids]
 
     def label_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
@@ -185,6 +196,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
     """Load a shipped model name, a checkpoint directory, or (with the `convert` extras)
     ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME``; None means the default model. A classifier
     (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``."""
+    from vlm.checkpoint import CheckpointMeta, load_checkpoint, read_config
     from vlm.images import PreprocessConfig
 
     dev = resolve_device(device)
@@ -192,15 +204,17 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
         from vlm.convert.remote import load_remote
 
         model, tokenizer, directory = load_remote(name_or_dir)
+        classifier = getattr(model.cfg, "model_type", "") == "classifier"
+        meta = read_config(directory)[1] if directory and not classifier else CheckpointMeta()
     else:
-        from vlm.checkpoint import load_pretrained
         from vlm.classify.checkpoint import is_classifier_dir, load_classifier
 
         directory = resolve_checkpoint(name_or_dir)
         if is_classifier_dir(directory):
-            model, tokenizer = load_classifier(directory), None
+            model, tokenizer, meta = load_classifier(directory), None, CheckpointMeta()
         else:
-            model, tokenizer = load_pretrained(directory)
+            ckpt = load_checkpoint(directory)
+            model, tokenizer, meta = ckpt.model, ckpt.tokenizer, ckpt.meta
     model = model.to(dev).eval()
     if getattr(model.cfg, "model_type", "") == "classifier":  # a supervised classifier: its own labels
         from vlm.classify.pipeline import ClassifierPipeline
@@ -209,10 +223,13 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
         if image_size is not None:
             cpipe.set_image_size(image_size)
         return cpipe
-    extra = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
     pre = PreprocessConfig.for_model(model.cfg)
     pipe = Pipeline(model, tokenizer, pre, dev, name=str(name_or_dir or DEFAULT_MODEL),
-                    templates=extra.get("zero_shot_templates") or DEFAULT_TEMPLATES)
+                    templates=meta.zero_shot_templates or DEFAULT_TEMPLATES)
     if image_size is not None:
         pipe.set_image_size(image_size)
+    if directory:
+        from vlm.ood import OODCheck, OODNotice
+
+        pipe.ood_notice = OODNotice(OODCheck.for_checkpoint(directory), pipe.name)
     return pipe

@@ -54,17 +54,26 @@ def _offline_env() -> bool:
 
 
 def can_reach(url: str) -> bool:
-    """True unless offline mode is set or the host cannot be connected to within a few seconds.
+    """True unless offline mode is set or the URL's host cannot be connected to within a few seconds.
 
-    Behind a proxy the proxy decides, so the check is left to the download's own timeouts.
+    The port is the URL's own (``HF_ENDPOINT=http://mirror:8080`` probes 8080), else the scheme's
+    (443 for https, 80 for http). Behind a proxy the proxy decides, so the check is left to the
+    download's own timeouts.
     """
     if _offline_env():
         return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    proxies = ("HTTPS_PROXY", "https_proxy") if parsed.scheme == "https" else ("HTTP_PROXY", "http_proxy")
+    if any(os.environ.get(v) for v in proxies + ("ALL_PROXY", "all_proxy")):
         return True
-    host = urlparse(url).hostname or url
     try:
-        with socket.create_connection((host, 443), timeout=CONNECT_TIMEOUT_S):
+        port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    except ValueError:  # a port outside 0-65535
+        return False
+    if not parsed.hostname:
+        return False
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S):
             return True
     except OSError:
         return False
