@@ -85,8 +85,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                      "top1": top_k_accuracy(logits, f.y, 1), "top5": top_k_accuracy(logits, f.y, 5)}
     if out is not None:
         model.set_head(result.weight, result.bias)
-        save_classifier(model.cpu(), out, extra={"trained_by": "vlm probe", "backbone": name,
-                                                 "probe_weight_decay": result.weight_decay})
+        save_classifier(model.cpu(), out, extra={"trained_by": f"vlm probe --model {name} --train {args.train} "
+                                                               f"(weight decay {result.weight_decay:g})"})
         report["out"] = str(out)
     if args.json:
         print(json.dumps(report))
