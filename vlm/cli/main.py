@@ -40,6 +40,9 @@ def _usage() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from vlm.threads import configure
+
+    configure()  # OpenMP wait policy and thread count for the machine as it is, before torch loads
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
