@@ -159,7 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--reps", type=int, default=5, help="timed greedy and training repetitions per side")
     p.add_argument("--beam-reps", type=int, default=3, help="timed beam-search repetitions per side")
-    p.add_argument("--threads", type=int, default=2, help="torch threads on each side")
+    p.add_argument("--threads", default="2", help="torch threads on each side, or 'auto': what the vlm CLI "
+                   "chooses for the machine as it is (vlm/threads.py)")
+    p.add_argument("--busy", type=int, default=0, help="run beside this many `python -c 'while 1: pass'` processes")
     p.add_argument("--skip", nargs="*", default=[], choices=["greedy", "beam", "train"])
     p.add_argument("--json-out", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -178,7 +180,14 @@ def main(argv=None) -> int:
     from vlm.generation import GenerationConfig, generate
     from vlm.losses import CoCaLoss
 
+    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
+    time.sleep(1.0 if busy else 0.0)
     load_start = os.getloadavg()[0]
+    if args.threads == "auto":
+        from vlm.threads import choose, usable_cpus
+
+        args.threads = choose(usable_cpus(), load_start)
+    args.threads = int(args.threads)
     _set_threads(args.threads)
     torch.manual_seed(0)
     oc_model = randomize_(open_clip.create_model(args.arch), seed=0, logit_gain=4.0).eval()
@@ -207,6 +216,10 @@ def main(argv=None) -> int:
             results = run(args, model, images, train_images, train_text, w, generate, GenerationConfig, CoCaLoss)
         finally:
             w.close()
+            for pr in busy:
+                pr.kill()
+                pr.wait()
+    results["busy_processes"] = args.busy
     results["load_average_start_end"] = [load_start, os.getloadavg()[0]]  # other jobs on the machine
     results["machine"] = machine()
     results["threads"] = args.threads

@@ -3,6 +3,7 @@
     vlm evaluate --model runs/shapes_tiny/model --data data/shapes_test
     vlm evaluate --data coco --split val --json        # COCO root: annotations/captions_val2017.json
     vlm evaluate --data data/coco --split test         # Karpathy root: dataset_coco.json + val2014/
+    vlm evaluate --model ckpt/probe --data data/shapes_cls/val --plot confusion.png   # a classifier
 
 DIR is a COCO-format dataset dir (``annotations/captions.json`` + ``images/``,
 as ``vlm data shapes`` writes; it has no splits), a Karpathy root
@@ -35,6 +36,8 @@ def build_parser() -> Parser:
                    "dataset_coco.json, or COCO root split: annotations/captions_{split}2017.json")
     add_dataclass_flags(p, GenerationConfig, only=("beams", "max_tokens"), title="captions")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="with a classifier: draw the labelled confusion matrix")
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow; needs Stanford CoreNLP jars)")
     p.add_argument("--no-meteor", action="store_true",
                    help="skip METEOR (its Java start-up loads a paraphrase table: about a minute on a busy CPU)")
@@ -56,6 +59,10 @@ def _clean(obj):
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from vlm.cli.evaluate_classifier import is_classifier_model, main_classifier
+
+    if is_classifier_model(args.model):  # top-1/top-5/per-class recall on labelled images
+        return main_classifier(args)
     data = Path(args.data)
     if not data.is_dir():
         raise UsageError(f"--data {args.data}: no such directory")

@@ -18,7 +18,8 @@ from typing import Optional
 
 COMMANDS = {
     "caption": ("vlm.cli.caption", "caption images"),
-    "classify": ("vlm.cli.classify", "zero-shot classify images with text labels"),
+    "classify": ("vlm.cli.classify", "classify images: zero-shot with text labels, or with a classifier"),
+    "probe": ("vlm.cli.probe", "linear probe on frozen ViT features; writes a classifier"),
     "similarity": ("vlm.cli.similarity", "image-text cosine-similarity matrix (and heatmap)"),
     "models": ("vlm.cli.models", "list the named model configs and available checkpoints"),
     "data": ("vlm.cli.data", "make datasets: `vlm data shapes`"),
@@ -39,6 +40,9 @@ def _usage() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from vlm.threads import configure
+
+    configure()  # OpenMP wait policy and thread count for the machine as it is, before torch loads
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

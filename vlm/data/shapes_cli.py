@@ -1,6 +1,8 @@
 """``vlm data shapes``: write the procedural shapes dataset (see vlm.data.shapes).
 
 Run: ``vlm data shapes --out data/shapes --n 20000 --seed 0 [--image-size 64]``
+     ``vlm data shapes --layout classes --out data/shapes_cls --n 480 --seed 0 [--classes 4]``
+     (class-per-folder single-object images, for ``vlm probe`` and classification training)
 or   ``python -m vlm.data.shapes_cli --out data/shapes --n 200 --seed 0``
 
 Into an existing directory it replaces an earlier shapes dataset (images of a larger earlier
@@ -28,6 +30,10 @@ def build_parser():
     parser.add_argument("--n", type=int, required=True, help="number of images (ids 1..n)")
     parser.add_argument("--seed", type=int, required=True, help="random seed (same seed: identical files)")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    parser.add_argument("--layout", choices=("coco", "classes"), default="coco",
+                        help="coco: captions (default); classes: one folder per color+shape class")
+    parser.add_argument("--classes", type=int, default=None, metavar="K",
+                        help="--layout classes: keep the first K of the 24 classes")
     return parser
 
 
@@ -62,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = progress_bar("vlm data shapes", total=args.n, unit="img") if args.n > 0 else None
     start = time.perf_counter()
+    if args.layout == "classes":
+        from vlm.classify.shapes import generate_class_folders
+
+        try:
+            out = generate_class_folders(args.out, n=args.n, seed=args.seed, image_size=args.image_size,
+                                         classes=args.classes)
+        except (ValueError, OSError) as exc:
+            print(f"vlm data shapes: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.n} images into class folders under {out} in {time.perf_counter() - start:.1f} s")
+        return 0
     try:
         out = generate_shapes(out, n=args.n, seed=args.seed, image_size=args.image_size,
                               progress=(lambda _: bar.update(1)) if bar is not None else None)
