@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.layout == "classes":
         from vlm.classify.shapes import generate_class_folders
 
+        if bar is not None:  # the class-folder writer reports no progress
+            bar.close()
+
         try:
             out = generate_class_folders(args.out, n=args.n, seed=args.seed, image_size=args.image_size,
                                          classes=args.classes)
