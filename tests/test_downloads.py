@@ -135,7 +135,7 @@ def test_open_clip_tag_downloads_caches_and_loads(tmp_path, sample_images):
     from safetensors.torch import save_file
 
     import vlm
-    from vlm.convert.parity import randomize_
+    from parity_weights import randomize_
 
     repo = tmp_path / "oc_repo"
     repo.mkdir()

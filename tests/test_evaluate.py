@@ -76,9 +76,11 @@ def test_evaluate_counts_missing_images_and_rejects_bad_data(tiny, tmp_path, cap
     (broken / "images" / "000002.png").unlink()
     (broken / "images" / "000003.png").write_bytes(b"not a png")
     assert main(["evaluate", "--model", str(model), "--data", str(broken), "--json", "--no-spice",
-                 "--no-meteor", "--max-tokens", "4", "--max-images", "6"]) == 0
-    out = json.loads(capsys.readouterr().out)
+                 "--no-meteor", "--max-tokens", "4", "--max-images", "6"]) == 1  # some inputs failed (issue 13.17)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert out["num_images"] == 4 and out["skipped_images"] == 2
+    assert "2 of 6 images could not be read" in captured.err
     assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vlm evaluate: error: --data") and "no such directory" in err and "\n" not in err
