@@ -1,7 +1,7 @@
 """Benchmark vlm against open_clip on the same CoCa weights: caption generation and a training step.
 
 CoCa (Yu et al. 2022) at open_clip's real ``coca_ViT-B-32`` architecture with random,
-non-degenerate weights (``vlm.convert.parity.randomize_``), converted to vlm with
+non-degenerate weights (``tests/parity_weights.py: randomize_``), converted to vlm with
 ``vlm.convert.open_clip``. Measured in one run, interleaved (vlm, open_clip, vlm,
 open_clip, ...) so machine noise hits both sides alike; medians are reported:
 
@@ -36,6 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # parity_weights: the test helpers
 
 SOT, EOT, PAD = 49406, 49407, 0
 
@@ -173,7 +176,7 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
-    from vlm.convert.parity import randomize_
+    from parity_weights import randomize_
     from vlm.generation import GenerationConfig, generate
     from vlm.losses import CoCaLoss
 
@@ -240,6 +243,7 @@ def run(args, model, images, train_images, train_text, w, generate, GenerationCo
 
     import torch
 
+    from vlm.generation import SpecialTokens
     from vlm.packed_linear import clear_cache
 
     res: dict = {"arch": args.arch, "batch": args.batch, "tokens": args.tokens, "reps": args.reps,
@@ -247,16 +251,16 @@ def run(args, model, images, train_images, train_text, w, generate, GenerationCo
     n = args.tokens
     if "greedy" not in args.skip:
         gcfg = GenerationConfig(max_tokens=n, min_tokens=n)
-        generate(model, images, SOT, EOT, PAD, GenerationConfig(max_tokens=4, min_tokens=4))  # warm-up
+        generate(model, images, SpecialTokens(SOT, EOT, PAD), GenerationConfig(max_tokens=4, min_tokens=4))  # warm-up
         w.ask(op="greedy", tokens=4)
         clear_cache(model)  # one cold call: weights packed inside the timing
         t0 = time.perf_counter()
-        generate(model, images, SOT, EOT, PAD, gcfg)
+        generate(model, images, SpecialTokens(SOT, EOT, PAD), gcfg)
         cold = time.perf_counter() - t0
         vt, ot = [], []
         for rep in range(args.reps):
             t0 = time.perf_counter()
-            ours = generate(model, images, SOT, EOT, PAD, gcfg)
+            ours = generate(model, images, SpecialTokens(SOT, EOT, PAD), gcfg)
             dt = time.perf_counter() - t0
             theirs = w.ask(op="greedy", tokens=n)
             vt.append(dt)
@@ -270,12 +274,12 @@ def run(args, model, images, train_images, train_text, w, generate, GenerationCo
                          theirs["tokens"][0][:10]}
     if "beam" not in args.skip:
         bcfg = GenerationConfig(max_tokens=n, min_tokens=n, beams=args.beams)
-        generate(model, images, SOT, EOT, PAD, GenerationConfig(max_tokens=4, min_tokens=4, beams=args.beams))
+        generate(model, images, SpecialTokens(SOT, EOT, PAD), GenerationConfig(max_tokens=4, min_tokens=4, beams=args.beams))
         w.ask(op="beam", tokens=4, beams=args.beams)  # warm-up
         vt, ot = [], []
         for rep in range(args.beam_reps):
             t0 = time.perf_counter()
-            ours = generate(model, images, SOT, EOT, PAD, bcfg)
+            ours = generate(model, images, SpecialTokens(SOT, EOT, PAD), bcfg)
             dt = time.perf_counter() - t0
             theirs = w.ask(op="beam", tokens=n, beams=args.beams)
             vt.append(dt)

@@ -68,12 +68,12 @@ def test_degenerate_text_rules():
 
 
 def test_photos_never_get_degenerate_captions(default, photos):
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
 
     paths = sorted(photos.iterdir())
     tok = default.tokenizer
     x = default.images_to_tensor(paths)
-    raw = [tok.decode(r) for r in generate(default.model, x, tok.sot_id, tok.eot_id, tok.pad_id, GenerationConfig())]
+    raw = [tok.decode(r) for r in generate(default.model, x, SpecialTokens.of(tok), GenerationConfig())]
     assert not all(clean(c) for c in raw)  # without the guards the cat and the coffee read as garbage
     for cfg in (dict(), dict(beams=3), dict(top_p=0.9, seed=0), dict(top_k=20, temperature=1.5, seed=1)):
         for cap in default.caption(paths, **cfg):
@@ -81,19 +81,19 @@ def test_photos_never_get_degenerate_captions(default, photos):
 
 
 def test_guards_leave_in_distribution_captions_unchanged(default, shapes):
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
 
     tok = default.tokenizer
     for i in range(0, len(shapes), 50):
         x = default.images_to_tensor(shapes[i:i + 50])
         for beams in (1, 2):
             cfg = GenerationConfig(beams=beams)
-            plain = generate(default.model, x, tok.sot_id, tok.eot_id, tok.pad_id, cfg)
-            assert generate(default.model, x, tok.sot_id, tok.eot_id, tok.pad_id, cfg, tokenizer=tok) == plain
+            plain = generate(default.model, x, SpecialTokens.of(tok), cfg)
+            assert generate(default.model, x, SpecialTokens.of(tok), cfg, tokenizer=tok) == plain
     off = GenerationConfig(block_degenerate=False)
     x = default.images_to_tensor(shapes[:8])
-    assert generate(default.model, x, tok.sot_id, tok.eot_id, tok.pad_id, off, tokenizer=tok) == \
-        generate(default.model, x, tok.sot_id, tok.eot_id, tok.pad_id, off)
+    assert generate(default.model, x, SpecialTokens.of(tok), off, tokenizer=tok) == \
+        generate(default.model, x, SpecialTokens.of(tok), off)
 
 
 class _AllBad:
@@ -108,22 +108,22 @@ class _AllBad:
 @pytest.mark.parametrize("kw", [dict(), dict(beams=3), dict(top_p=0.9, seed=0)])
 def test_only_degenerate_continuations_end_the_caption(kw):
     from conftest import perturb
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
     from vlm.model import create_model
 
     torch.manual_seed(0)
     model = perturb(create_model("tiny")).eval()
     images = torch.randn(2, 3, model.cfg.vision.image_size, model.cfg.vision.image_size)
-    assert generate(model, images, 1, 999, 0, GenerationConfig(max_tokens=6, **kw), tokenizer=_AllBad()) == [[], []]
-    assert all(len(r) == 6 for r in generate(model, images, 1, 999, 0, GenerationConfig(max_tokens=6, min_tokens=6, **kw)))
+    assert generate(model, images, SpecialTokens(1, 999, 0), GenerationConfig(max_tokens=6, **kw), tokenizer=_AllBad()) == [[], []]
+    assert all(len(r) == 6 for r in generate(model, images, SpecialTokens(1, 999, 0), GenerationConfig(max_tokens=6, min_tokens=6, **kw)))
 
 
 def test_no_repeat_ngram_option(default, photos):
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
 
     tok = default.tokenizer
     x = default.images_to_tensor([photos / "coffee.png", photos / "cat.png"])
-    for row in generate(default.model, x, tok.sot_id, tok.eot_id, tok.pad_id, GenerationConfig(no_repeat_ngram=2,
+    for row in generate(default.model, x, SpecialTokens.of(tok), GenerationConfig(no_repeat_ngram=2,
                                                                                                 block_degenerate=False)):
         pairs = list(zip(row, row[1:]))
         assert len(pairs) == len(set(pairs))

@@ -4,55 +4,26 @@ The image is encoded once. Both causal stacks that run per token, the unimodal
 text tower and the multimodal decoder, keep a key/value cache, and the
 decoder's cross-attention keys/values over the image tokens are computed on the
 first step only, so each new token costs one position through each stack.
+
+    >>> from vlm.generation import GenerationConfig, generate
+    >>> ids = generate(model, images, tokenizer, GenerationConfig(beams=3))  # (B, 3, H, W) -> B id lists
+
+Every option, its default and its bounds live on ``GenerationConfig`` (``vlm.generation_config``,
+imported without torch); ``vlm caption``'s flags are derived from its fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from vlm.decoding_guards import CANDIDATES, DegenerationGuard, block_repeated_ngrams
+from vlm.generation_config import GenerationConfig, SpecialTokens
 from vlm.packed_linear import packed_linears
 
-
-@dataclass
-class GenerationConfig:
-    max_tokens: int = 30  # new tokens at most (the end token included)
-    min_tokens: int = 0  # the end token is forbidden before this many tokens
-    beams: int = 1  # > 1: beam search
-    top_p: Optional[float] = None  # nucleus sampling: keep the smallest set with this mass
-    top_k: Optional[int] = None  # sampling from the k most likely tokens
-    temperature: float = 1.0  # sampling temperature
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already generated (CTRL)
-    length_penalty: float = 1.0  # beam scores are logprob / length ** length_penalty
-    seed: Optional[int] = None  # sampling seed, for reproducible samples
-    no_repeat_ngram: int = 0  # > 0: a token may not repeat an n-gram of this many tokens (vlm.decoding_guards)
-    block_degenerate: bool = True  # refuse degenerate text (blank runs, stutter, loops); needs the tokenizer
-
-    @property
-    def sampling(self) -> bool:
-        return self.top_p is not None or self.top_k is not None
-
-    def validate(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError("min_tokens must be between 0 and max_tokens")
-        if self.beams < 1:
-            raise ValueError("beams must be at least 1")
-        if self.beams > 1 and self.sampling:
-            raise ValueError("choose beam search or sampling, not both")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
-        if self.no_repeat_ngram < 0:
-            raise ValueError("no_repeat_ngram must be at least 0")
+__all__ = ["GenerationConfig", "SpecialTokens", "generate"]
 
 
 class _Stepper:
@@ -111,14 +82,19 @@ def _strip(seq: list[int], eot_id: int, pad_id: int) -> list[int]:
 
 
 @torch.inference_mode()
-def generate(model, images: Tensor, sot_id: int, eot_id: int, pad_id: int = 0,
-             cfg: Optional[GenerationConfig] = None, tokenizer=None) -> list[list[int]]:
+def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = None,
+             tokenizer=None) -> list[list[int]]:
     """Caption token ids (start/end tokens removed) for a (B, 3, H, W) batch of images.
 
-    With the ``tokenizer`` (and ``cfg.block_degenerate``) degenerate text is refused while decoding.
+    ``tokens`` is the model's tokenizer or a ``SpecialTokens``; ``cfg`` defaults to greedy decoding.
+    With a tokenizer (``tokens`` itself, or ``tokenizer``) and ``cfg.block_degenerate``, degenerate
+    text is refused while decoding (``vlm.decoding_guards``).
     """
-    cfg = cfg or GenerationConfig()
-    cfg.validate()
+    cfg = (cfg or GenerationConfig()).validate()
+    special = SpecialTokens.of(tokens)
+    sot_id, eot_id, pad_id = special.sot, special.eot, special.pad
+    if tokenizer is None and not isinstance(tokens, SpecialTokens):
+        tokenizer = tokens
     guard = DegenerationGuard(tokenizer, eot_id, pad_id) if tokenizer is not None and cfg.block_degenerate else None
     limit = min(model.cfg.decoder.context_length, model.cfg.text.context_length) - 1
     max_tokens = min(cfg.max_tokens, limit)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from vlm.data.collate import SkipCounter, load_or_skip
+from vlm.errors import first_line
 from vlm.images import IMAGE_EXTENSIONS
 
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "fine_label")
@@ -165,7 +166,7 @@ def _open_hf(spec: str, name: str) -> LabelledImages:
         try:
             ds = datasets.load_dataset(builder, split=split, **kwargs)
         except ValueError as e:
-            raise ValueError(f"{name}: {str(e).splitlines()[0]}") from None
+            raise ValueError(f"{name}: {first_line(e)}") from None
     columns = list(ds.column_names)
     label_col = next((c for c in LABEL_COLUMNS if c in columns), None)
     image_col = next((c for c in IMAGE_COLUMNS if c in columns), None)

@@ -77,26 +77,39 @@ def _show_notes_as_lines(name: str) -> None:
 def run_command(name: str, argv: list[str]) -> int:
     """Run one subcommand, turning every expected failure into one line and an exit status."""
     _show_notes_as_lines(name)
-    from vlm.errors import VlmError
+    from vlm.errors import VlmError, first_line
 
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return module.main(argv)
     except VlmError as e:
-        print(f"vlm {name}: error: {e}", file=sys.stderr)
+        message = e.cli_message() if hasattr(e, "cli_message") else str(e)
+        print(f"vlm {name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vlm {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`vlm caption DIR | head -1`): stop quietly, as cat does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, the status a shell gives a process killed by a broken pipe
     except SystemExit as e:  # argparse's --help and errors
         return e.code if isinstance(e.code, int) else 2
     except Exception as e:  # a bug in vlm: still one line, the traceback on request
         if os.environ.get("VLM_DEBUG"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else ""
+        msg = first_line(e) if str(e).strip() else ""
         print(f"vlm {name}: internal error: {type(e).__name__}: {msg} (set VLM_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
