@@ -1,7 +1,7 @@
 """Benchmark vlm against open_clip on the same CoCa weights: caption generation and a training step.
 
 CoCa (Yu et al. 2022) at open_clip's real ``coca_ViT-B-32`` architecture with random,
-non-degenerate weights (``vlm.convert.parity.randomize_``), converted to vlm with
+non-degenerate weights (``tests/parity_weights.py: randomize_``), converted to vlm with
 ``vlm.convert.open_clip``. Measured in one run, interleaved (vlm, open_clip, vlm,
 open_clip, ...) so machine noise hits both sides alike; medians are reported:
 
@@ -36,6 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # parity_weights: the test helpers
 
 SOT, EOT, PAD = 49406, 49407, 0
 
@@ -156,7 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--reps", type=int, default=5, help="timed greedy and training repetitions per side")
     p.add_argument("--beam-reps", type=int, default=3, help="timed beam-search repetitions per side")
-    p.add_argument("--threads", type=int, default=2, help="torch threads on each side")
+    p.add_argument("--threads", default="2", help="torch threads on each side, or 'auto': what the vlm CLI "
+                   "chooses for the machine as it is (vlm/threads.py)")
+    p.add_argument("--busy", type=int, default=0, help="run beside this many `python -c 'while 1: pass'` processes")
     p.add_argument("--skip", nargs="*", default=[], choices=["greedy", "beam", "train"])
     p.add_argument("--json-out", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -171,11 +176,18 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
-    from vlm.convert.parity import randomize_
+    from parity_weights import randomize_
     from vlm.generation import GenerationConfig, generate
     from vlm.losses import CoCaLoss
 
+    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
+    time.sleep(1.0 if busy else 0.0)
     load_start = os.getloadavg()[0]
+    if args.threads == "auto":
+        from vlm.threads import choose, usable_cpus
+
+        args.threads = choose(usable_cpus(), load_start)
+    args.threads = int(args.threads)
     _set_threads(args.threads)
     torch.manual_seed(0)
     oc_model = randomize_(open_clip.create_model(args.arch), seed=0, logit_gain=4.0).eval()
@@ -204,6 +216,10 @@ def main(argv=None) -> int:
             results = run(args, model, images, train_images, train_text, w, generate, GenerationConfig, CoCaLoss)
         finally:
             w.close()
+            for pr in busy:
+                pr.kill()
+                pr.wait()
+    results["busy_processes"] = args.busy
     results["load_average_start_end"] = [load_start, os.getloadavg()[0]]  # other jobs on the machine
     results["machine"] = machine()
     results["threads"] = args.threads
@@ -227,6 +243,7 @@ def run(args, model, images, train_images, train_text, w, generate, GenerationCo
 
     import torch
 
+    from vlm.generation import SpecialTokens
     from vlm.packed_linear import clear_cache
 
     res: dict = {"arch": args.arch, "batch": args.batch, "tokens": args.tokens, "reps": args.reps,
@@ -234,16 +251,16 @@ def run(args, model, images, train_images, train_text, w, generate, GenerationCo
     n = args.tokens
     if "greedy" not in args.skip:
         gcfg = GenerationConfig(max_tokens=n, min_tokens=n)
-        generate(model, images, SOT, EOT, PAD, GenerationConfig(max_tokens=4, min_tokens=4))  # warm-up
+        generate(model, images, SpecialTokens(SOT, EOT, PAD), GenerationConfig(max_tokens=4, min_tokens=4))  # warm-up
         w.ask(op="greedy", tokens=4)
         clear_cache(model)  # one cold call: weights packed inside the timing
         t0 = time.perf_counter()
-        generate(model, images, SOT, EOT, PAD, gcfg)
+        generate(model, images, SpecialTokens(SOT, EOT, PAD), gcfg)
         cold = time.perf_counter() - t0
         vt, ot = [], []
         for rep in range(args.reps):
             t0 = time.perf_counter()
-            ours = generate(model, images, SOT, EOT, PAD, gcfg)
+            ours = generate(model, images, SpecialTokens(SOT, EOT, PAD), gcfg)
             dt = time.perf_counter() - t0
             theirs = w.ask(op="greedy", tokens=n)
             vt.append(dt)
@@ -257,12 +274,12 @@ def run(args, model, images, train_images, train_text, w, generate, GenerationCo
                          theirs["tokens"][0][:10]}
     if "beam" not in args.skip:
         bcfg = GenerationConfig(max_tokens=n, min_tokens=n, beams=args.beams)
-        generate(model, images, SOT, EOT, PAD, GenerationConfig(max_tokens=4, min_tokens=4, beams=args.beams))
+        generate(model, images, SpecialTokens(SOT, EOT, PAD), GenerationConfig(max_tokens=4, min_tokens=4, beams=args.beams))
         w.ask(op="beam", tokens=4, beams=args.beams)  # warm-up
         vt, ot = [], []
         for rep in range(args.beam_reps):
             t0 = time.perf_counter()
-            ours = generate(model, images, SOT, EOT, PAD, bcfg)
+            ours = generate(model, images, SpecialTokens(SOT, EOT, PAD), bcfg)
             dt = time.perf_counter() - t0
             theirs = w.ask(op="beam", tokens=n, beams=args.beams)
             vt.append(dt)

@@ -2,7 +2,7 @@
 matrices and caption logits, greedy-token agreement, tokenizer and preprocessing agreement.
 
 The figures recorded in BENCHMARKS.md ("Conversion exactness") come from this script. Weights
-are random and non-degenerate (``vlm.convert.parity.randomize_``), as this machine cannot
+are random and non-degenerate (``tests/parity_weights.py: randomize_``), as this machine cannot
 download real ones; the layouts are the real ones:
 
 - open_clip: every supported architecture at tiny width (``shrink_open_clip_cfg``), plus the
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # parity_weights: the test helpers
 
 SOT, EOT = 49406, 49407
 TEXTS = ["a photo of a cat", "two dogs playing in the snow next to a red car", "", "émoji 😀 and punctuation!!!",
@@ -50,8 +52,8 @@ def open_clip_parity(arch: str, full: bool, quick: bool = False) -> dict:
     import open_clip
 
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
-    from vlm.convert.parity import randomize_, shrink_open_clip_cfg
-    from vlm.generation import GenerationConfig, generate
+    from parity_weights import randomize_, shrink_open_clip_cfg
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
     cfg = open_clip.get_model_config(arch) if full else shrink_open_clip_cfg(open_clip.get_model_config(arch))
@@ -75,7 +77,7 @@ def open_clip_parity(arch: str, full: bool, quick: bool = False) -> dict:
                        caption_logit_std=float(out.caption_logits.std()))
             n = 8 if full else 20
             theirs = _greedy_reference(oc, images, n)
-            ours = generate(model, images, SOT, EOT, 0, GenerationConfig(max_tokens=n, min_tokens=n))
+            ours = generate(model, images, SpecialTokens(SOT, EOT, 0), GenerationConfig(max_tokens=n, min_tokens=n))
             res["greedy_tokens_identical"] = f"{sum(a == b for a, b in zip(ours, theirs))}/{len(ours)} rows x {n}"
     return res
 

@@ -1,7 +1,15 @@
 """Worker for test_losses: each process holds one shard of a global batch and computes the
 contrastive loss (and its gradient) through torch.distributed with the gloo backend.
 With a third argument "uneven" the shards differ in size (rank 0 holds 3 rows, rank 1 five),
-as when one process's batch lost unreadable images."""
+as when one process's batch lost unreadable images.
+
+Teardown is ordered so that no gloo thread is alive when the process exits: rank 0 writes
+its result (to a temporary name, then renamed), every rank meets at a barrier, the process
+group is destroyed, and the process leaves through ``os._exit`` so that no C++ static
+destructor can race a gloo thread ("terminate called without an active exception").
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_loss_worker.py OUT.json [uneven]
+"""
 
 import json
 import os
@@ -35,9 +43,16 @@ def main(out_path: str, uneven: bool = False) -> None:
     else:
         dist.all_gather(grads, local_img.grad)
     if rank == 0:
-        json.dump({"loss": loss.item(), "grad": torch.cat(grads).tolist(), "world": world}, open(out_path, "w"))
+        tmp = out_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"loss": loss.item(), "grad": torch.cat(grads).tolist(), "world": world}, f)
+        os.replace(tmp, out_path)
+    dist.barrier()  # every send/recv/all_gather has completed on every rank
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], uneven=sys.argv[2:] == ["uneven"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter/C++ teardown left to race the (already destroyed) gloo group

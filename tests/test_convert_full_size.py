@@ -15,8 +15,8 @@ open_clip = pytest.importorskip("open_clip")
 from test_convert_open_clip import EOT, SOT, TOL, _open_clip_greedy, inputs, maxdiff  # noqa: E402
 
 from vlm.convert.open_clip import arch_config, from_open_clip_model  # noqa: E402
-from vlm.convert.parity import randomize_  # noqa: E402
-from vlm.generation import GenerationConfig, generate  # noqa: E402
+from parity_weights import randomize_  # noqa: E402
+from vlm.generation import GenerationConfig, SpecialTokens, generate  # noqa: E402
 
 
 @pytest.mark.slow
@@ -36,4 +36,4 @@ def test_full_size_coca_vit_b32_matches_open_clip():
         assert maxdiff(ref["logits"], out.caption_logits) < TOL
         assert out.caption_logits.std() > 1.0
         assert _open_clip_greedy(oc, images, 6, allow_eot=False) == \
-            generate(model, images, SOT, EOT, 0, GenerationConfig(max_tokens=6, min_tokens=6))
+            generate(model, images, SpecialTokens(SOT, EOT, 0), GenerationConfig(max_tokens=6, min_tokens=6))

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 from conftest import run_vlm  # noqa: E402
 
 from vlm.convert.hf import convert_hf_dir, preprocess_from_hf  # noqa: E402
-from vlm.convert.parity import randomize_  # noqa: E402
+from parity_weights import randomize_  # noqa: E402
 from vlm.errors import CheckpointError, ModelError  # noqa: E402
 
 TOL = 1e-4

@@ -1,7 +1,7 @@
 """open_clip -> vlm conversion is exact: embeddings, cosine matrices, caption logits, greedy tokens
 and preprocessing agree with open_clip's own models; bad checkpoints and offline tags fail in one line.
 
-Weights are random (``vlm.convert.parity.randomize_``: non-degenerate embeddings and logits),
+Weights are random (``tests/parity_weights.py: randomize_``: non-degenerate embeddings and logits),
 built by open_clip from its real configs shrunk to tiny widths (same layout: attentional
 pooler, appended CLS with the legacy mask, decoder cross-attention); the full-size
 coca_ViT-B-32 check is in tests/test_convert_full_size.py.
@@ -26,9 +26,9 @@ from vlm.convert.open_clip import (  # noqa: E402
     convert_file,
     from_open_clip_model,
 )
-from vlm.convert.parity import randomize_, shrink_open_clip_cfg  # noqa: E402
+from parity_weights import randomize_, shrink_open_clip_cfg  # noqa: E402
 from vlm.errors import CheckpointError, ModelError  # noqa: E402
-from vlm.generation import GenerationConfig, generate  # noqa: E402
+from vlm.generation import GenerationConfig, SpecialTokens, generate  # noqa: E402
 
 SOT, EOT = 49406, 49407
 TOL = 1e-4
@@ -136,14 +136,14 @@ def test_greedy_captions_identical_to_open_clip_forward_loop(arch):
     images = inputs(vcfg, n_images=4)[0]
     with torch.no_grad():
         ref = _open_clip_greedy(oc, images, 20, allow_eot=False)
-        ours = generate(model, images, SOT, EOT, 0, GenerationConfig(max_tokens=20, min_tokens=20))
+        ours = generate(model, images, SpecialTokens(SOT, EOT, 0), GenerationConfig(max_tokens=20, min_tokens=20))
         assert ours == ref and all(len(r) == 20 for r in ours)
         assert len({t for r in ours for t in r}) > 10  # not one repeated token
         # with end-of-text allowed, rows stop where open_clip's loop stops
         oc.text_decoder.text_projection.data[:, EOT] += 3.0
         model.decoder.lm_head.weight.data[EOT] += 3.0
         ref = _open_clip_greedy(oc, images, 20, allow_eot=True)
-        ours = generate(model, images, SOT, EOT, 0, GenerationConfig(max_tokens=20))
+        ours = generate(model, images, SpecialTokens(SOT, EOT, 0), GenerationConfig(max_tokens=20))
     assert ours == ref
 
 

@@ -29,7 +29,7 @@ LABELS = ["cat", "dog", "red square", "noise"]
 
 
 def _pipeline(cfg, seed=0):
-    from vlm.convert.parity import randomize_
+    from parity_weights import randomize_
     from vlm.images import PreprocessConfig
     from vlm.model import create_model
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer

@@ -23,7 +23,7 @@ from conftest import REPO, run_vlm  # noqa: E402
 import vlm  # noqa: E402
 from vlm.export import ExportRefused, export  # noqa: E402
 from vlm.export.onnx_runtime import OnnxModel  # noqa: E402
-from vlm.generation import GenerationConfig, generate  # noqa: E402
+from vlm.generation import GenerationConfig, SpecialTokens, generate  # noqa: E402
 
 TOL = 1e-4
 EXAMPLES = sorted((REPO / "examples").glob("*.png"))
@@ -35,7 +35,7 @@ def _converted(arch: str, seed: int = 0):
     open_clip = pytest.importorskip("open_clip")
     from vlm.api import Pipeline
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
-    from vlm.convert.parity import randomize_, shrink_open_clip_cfg
+    from parity_weights import randomize_, shrink_open_clip_cfg
     from vlm.images import PreprocessConfig
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
@@ -95,7 +95,7 @@ def test_default_model_onnx_greedy_equals_vlm_caption(default_export):
     # one image at a time (batch axis 1) and a short limit give the same as vlm
     pipe = vlm.load()
     one = m.greedy(pixels[1:2], max_tokens=4)
-    assert one == generate(pipe.model, torch.from_numpy(pixels[1:2]), tok.sot_id, tok.eot_id, tok.pad_id,
+    assert one == generate(pipe.model, torch.from_numpy(pixels[1:2]), SpecialTokens.of(tok),
                            GenerationConfig(max_tokens=4))
 
 
@@ -116,14 +116,14 @@ def test_converted_layouts_match_onnxruntime(arch, tmp_path):
     if model.cfg.model_type == "clip":
         assert set(result.details["graphs"]) == {"image_encoder", "text_encoder"}
         return
-    ref = generate(model, pixels, tok.sot_id, tok.eot_id, tok.pad_id, GenerationConfig(max_tokens=12))
+    ref = generate(model, pixels, SpecialTokens.of(tok), GenerationConfig(max_tokens=12))
     assert m.greedy(pixels.numpy(), max_tokens=12) == ref
     assert len({t for row in ref for t in row}) > 5 and max(map(len, ref)) == 12
     # the end token made to win where a token of the first caption would: rows stop where vlm's stop
     with torch.no_grad():
         w = model.decoder.lm_head.weight
         w[tok.eot_id] = 1.05 * w[ref[0][4]]
-    ref = generate(model, pixels, tok.sot_id, tok.eot_id, tok.pad_id, GenerationConfig(max_tokens=12))
+    ref = generate(model, pixels, SpecialTokens.of(tok), GenerationConfig(max_tokens=12))
     export(pipe, "onnx", tmp_path / "y")
     assert OnnxModel(tmp_path / "y").greedy(pixels.numpy(), max_tokens=12) == ref
     assert len(set(map(len, ref))) > 1

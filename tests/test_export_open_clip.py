@@ -27,7 +27,7 @@ import vlm  # noqa: E402
 from vlm.config import get_config  # noqa: E402
 from vlm.export import ExportRefused, export  # noqa: E402
 from vlm.export.open_clip import builtin_arch  # noqa: E402
-from vlm.generation import GenerationConfig, generate  # noqa: E402
+from vlm.generation import GenerationConfig, SpecialTokens, generate  # noqa: E402
 from vlm.tokenizers.clip_bpe import CLIPBPETokenizer  # noqa: E402
 
 TOL = 1e-4
@@ -65,7 +65,7 @@ def test_open_clip_loads_the_export_and_gives_vlm_embeddings_and_captions(arch, 
         assert (model.encode_image(images) @ model.encode_image(images).t()).fill_diagonal_(0).abs().max() < 0.99
         if vcfg.model_type == "coca":
             ref = _open_clip_greedy(oc, images, 12, allow_eot=True)
-            ours = generate(model, images, SOT, EOT, 0, GenerationConfig(max_tokens=12))
+            ours = generate(model, images, SpecialTokens(SOT, EOT, 0), GenerationConfig(max_tokens=12))
             assert ours == ref and len({t for r in ours for t in r}) > 5
 
 
@@ -86,7 +86,7 @@ def test_create_model_with_pretrained_file(tmp_path):
 
 
 def _tiny_coca(**changes):
-    from vlm.convert.parity import randomize_
+    from parity_weights import randomize_
     from vlm.model import create_model
 
     cfg = get_config("tiny")
@@ -154,7 +154,7 @@ def test_open_clip_generate_in_the_reference_env_gives_vlm_greedy_tokens(tmp_pat
                        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     ref = json.loads(r.stdout.strip().splitlines()[-1])
-    ours = generate(model, images, SOT, EOT, 0, GenerationConfig(max_tokens=n, min_tokens=n))
+    ours = generate(model, images, SpecialTokens(SOT, EOT, 0), GenerationConfig(max_tokens=n, min_tokens=n))
     # open_clip forces the last of its fixed-length tokens to be end-of-text; the n - 1 before it are compared
     assert [row[: n - 1] for row in ref["tokens"]] == [row[: n - 1] for row in ours]
     assert len({t for row in ours for t in row}) > 5

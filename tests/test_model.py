@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vlm.config import get_config, list_configs
-from vlm.generation import GenerationConfig, _Stepper, generate
+from vlm.generation import GenerationConfig, SpecialTokens, _Stepper, generate
 from vlm.model import CoCa, create_model
 
 from conftest import perturb, shrink
@@ -110,7 +110,7 @@ def test_greedy_tokens_match_recomputation():
     images, _ = _batch(cfg, B=4)
     eot = cfg.text.vocab_size + 7  # never produced: compare the full length
     ref = _greedy_by_recomputation(model, images, 1, eot, 12)
-    got = generate(model, images, sot_id=1, eot_id=eot, pad_id=0, cfg=GenerationConfig(max_tokens=12))
+    got = generate(model, images, SpecialTokens(1, eot, 0), cfg=GenerationConfig(max_tokens=12))
     assert [row.tolist() for row in ref] == got
 
 
@@ -120,20 +120,20 @@ def test_generation_modes_and_lengths():
     model = perturb(create_model(cfg), scale=2.0).eval()
     images, _ = _batch(cfg, B=3)
     eot = 3
-    greedy = generate(model, images, 1, eot, 0, GenerationConfig(max_tokens=6))
+    greedy = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6))
     assert all(len(s) <= 6 and eot not in s for s in greedy)
-    forced = generate(model, images, 1, eot, 0, GenerationConfig(max_tokens=8, min_tokens=8))
+    forced = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=8, min_tokens=8))
     assert all(len(s) == 8 for s in forced)
-    beam1 = generate(model, images, 1, eot, 0, GenerationConfig(max_tokens=6, beams=1))
+    beam1 = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, beams=1))
     assert beam1 == greedy
-    beams = generate(model, images, 1, eot, 0, GenerationConfig(max_tokens=6, beams=3))
+    beams = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, beams=3))
     assert len(beams) == 3
-    s1 = generate(model, images, 1, eot, 0, GenerationConfig(max_tokens=6, top_p=0.9, seed=1))
-    s2 = generate(model, images, 1, eot, 0, GenerationConfig(max_tokens=6, top_p=0.9, seed=1))
+    s1 = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, top_p=0.9, seed=1))
+    s2 = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, top_p=0.9, seed=1))
     assert s1 == s2
-    topk1 = generate(model, images, 1, eot, 0, GenerationConfig(max_tokens=6, top_k=1, seed=3))
+    topk1 = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, top_k=1, seed=3))
     assert topk1 == greedy  # top-1 sampling is greedy
-    rep = generate(model, images, 1, eot, 0, GenerationConfig(max_tokens=6, min_tokens=6, repetition_penalty=1e9))
+    rep = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, min_tokens=6, repetition_penalty=1e9))
     assert all(len(set(s)) == len(s) for s in rep)  # an enormous penalty forbids any repeat
 
 
@@ -154,8 +154,8 @@ def test_beam_search_scores_at_least_greedy():
 
     cfg_g = GenerationConfig(max_tokens=5)
     cfg_b = GenerationConfig(max_tokens=5, beams=4, length_penalty=0.0)
-    greedy = generate(model, images, 1, eot, 0, cfg_g)
-    beam = generate(model, images, 1, eot, 0, cfg_b)
+    greedy = generate(model, images, SpecialTokens(1, eot, 0), cfg_g)
+    beam = generate(model, images, SpecialTokens(1, eot, 0), cfg_b)
     for i in range(2):
         assert logprob(beam[i], images[i]) >= logprob(greedy[i], images[i]) - 1e-4
 

@@ -53,6 +53,6 @@ def test_generation_tokens_identical_with_and_without_packing(monkeypatch):
             monkeypatch.setattr(gen, "packed_linears", lambda mods, rows: contextlib.nullcontext(0))
         for beams in (1, 3):
             cfg = gen.GenerationConfig(max_tokens=12, min_tokens=12, beams=beams)
-            results.append(gen.generate(model, images, 1, 999, 0, cfg))
+            results.append(gen.generate(model, images, gen.SpecialTokens(1, 999, 0), cfg))
     assert results[:2] == results[2:]
     assert len({t for row in results[0] for t in row}) > 3

@@ -120,7 +120,7 @@ def test_pipeline_at_twice_the_size_encodes_captions_classifies_and_explains(tin
 def test_sizes_that_are_not_a_multiple_of_the_patch_size_are_refused(tiny, tiny_checkpoint):
     import vlm
 
-    with pytest.raises(UsageError, match=r"--image-size 36: must be a positive multiple of the patch size 8"):
+    with pytest.raises(UsageError, match=r"image_size=36: must be a positive multiple of the patch size 8"):
         vlm.load(str(tiny_checkpoint), device="cpu", image_size=36)
     pipe = vlm.load(str(tiny_checkpoint), device="cpu")
     for bad in (0, -8, 4, 60):

@@ -6,7 +6,9 @@
     >>> p.classify(["cat.jpg"], ["cat", "dog"], top_k=2)
     >>> p.similarity(["cat.jpg"], ["a cat", "a dog"])
 
-Images may be paths or PIL images; keyword arguments are named like the flags.
+Images may be one path or PIL image, or a list of them; keyword arguments are named like
+the flags (``vlm.generation.GenerationConfig`` holds the caption options). Bad images can be
+kept out of the way instead of failing the call: ``on_error="return"`` (see ``Pipeline``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from vlm.errors import ModelError, UsageError
+from vlm.errors import ImageLoadError, InvalidOption, ModelError, UsageError
+from vlm.limits import DEFAULT_BATCH_SIZE
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL = "default"
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+ON_ERROR = ("raise", "return")  # what a Pipeline method does with an image that cannot be read
 
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image"]  # noqa: F821
 
@@ -38,11 +42,11 @@ def resolve_device(device: Optional[str]) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        raise InvalidOption("device", device, "CUDA is not available on this machine")
     try:
         return torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device {device}: not a device (use cpu or cuda)") from None
+    except (RuntimeError, TypeError):
+        raise InvalidOption("device", device, "not a device (use cpu or cuda)") from None
 
 
 def resolve_checkpoint(name: Optional[str]) -> Path:
@@ -65,16 +69,30 @@ def resolve_checkpoint(name: Optional[str]) -> Path:
 
 
 class Pipeline:
-    """A loaded model with its tokenizer and preprocessing, ready for inference."""
+    """A loaded model with its tokenizer and preprocessing, ready for inference.
+
+    ``images`` may be one path or PIL image, or a list of them (a string is one path, never
+    iterated). They are read and run ``batch_size`` at a time. A non-image object raises
+    ``TypeError`` before any work; an image that cannot be read raises ``vlm.errors.ImageLoadError``,
+    or, with ``on_error="return"``, is reported in place while the other images are still
+    processed, as the command line does:
+
+    - ``caption`` and ``classify``: the ``ImageLoadError`` (``.source``, ``.reason``) takes the
+      place of that image's result;
+    - ``similarity``: that image's row is NaN; ``load_images(images, on_error="return")`` gives the reasons.
+    """
+
+    ood_notice = None  # a vlm.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors
 
     def __init__(self, model, tokenizer, preprocess, device: torch.device, name: str = "",
-                 templates: Sequence[str] = DEFAULT_TEMPLATES):
+                 templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = DEFAULT_BATCH_SIZE):
         self.model = model
         self.tokenizer = tokenizer
         self.preprocess_cfg = preprocess
         self.device = device
         self.name = name
         self.templates = tuple(templates)
+        self.batch_size = batch_size
 
     @property
     def can_caption(self) -> bool:
@@ -88,116 +106,218 @@ class Pipeline:
         """Take ``size`` x ``size`` inputs from now on: same patches, the position embeddings resized
         bicubically on the fly (the model's own stored size, ``model.cfg``, is left as trained)."""
         from vlm.config import check_image_size
+        from vlm.limits import MAX_IMAGE_SIZE
 
         patch = self.model.cfg.vision.patch_size
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise InvalidOption("image_size", size, "must be an integer")
         try:
             check_image_size(size, patch)
         except ValueError:
-            raise UsageError(f"--image-size {size}: must be a positive multiple of the patch size {patch}") from None
+            raise InvalidOption("image_size", size, f"must be a positive multiple of the patch size {patch}") from None
+        if size > MAX_IMAGE_SIZE:
+            raise InvalidOption("image_size", size, f"must be at most {MAX_IMAGE_SIZE} pixels")
         self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
 
-    # -- encoding ---------------------------------------------------------------------------
-    def images_to_tensor(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        from vlm.images import load_image, preprocess_batch
+    def check_fits(self, batch_size: Optional[int] = None, beams: int = 1) -> None:
+        """Raise ``InvalidOption`` when a batch at this image size (and beam count) cannot fit in memory."""
+        from vlm.limits import check_fits
 
-        pil = [load_image(im) for im in images]
-        return preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        check_fits(self.model.cfg, self.image_size, self.batch_size if batch_size is None else batch_size,
+                   beams, device=self.device)
+
+    # -- reading images ---------------------------------------------------------------------
+    def load_images(self, images, on_error: str = "raise") -> list:
+        """Decoded RGB PIL images (``vlm.images.load_image``); with ``on_error="return"`` a failed
+        image gives its ``ImageLoadError`` in place."""
+        from vlm.images import as_image_list, load_image
+
+        _check_on_error(on_error)
+        out = []
+        for im in as_image_list(images):
+            try:
+                out.append(load_image(im))
+            except ImageLoadError as e:
+                if on_error == "raise":
+                    raise
+                out.append(e)
+        return out
+
+    def _batches(self, images, on_error: str):
+        """(loaded PIL images, their positions, all results so far) per batch, errors filled in."""
+        from vlm.images import as_image_list
+
+        _check_on_error(on_error)
+        items = as_image_list(images)
+        results: list = [None] * len(items)
+        for start in range(0, len(items), self.batch_size):
+            loaded = self.load_images(items[start:start + self.batch_size], on_error)
+            good = [n for n, im in enumerate(loaded, start) if not isinstance(im, ImageLoadError)]
+            for n, im in enumerate(loaded, start):
+                if isinstance(im, ImageLoadError):
+                    results[n] = im
+            yield [loaded[n - start] for n in good], good, results
+
+    # -- encoding ---------------------------------------------------------------------------
+    def images_to_tensor(self, images) -> torch.Tensor:
+        return self._tensor(self.load_images(images))
+
+    def _tensor(self, pil: list) -> torch.Tensor:
+        """(B, 3, S, S) model input of loaded images; the out-of-distribution notice looks at it."""
+        from vlm.images import preprocess_batch
+
+        x = preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        if self.ood_notice is not None:  # warns once when images are far from the training data (vlm.ood)
+            self.ood_notice(self.model, x)
+        return x
 
     @torch.inference_mode()
-    def encode_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
+    def encode_images(self, images) -> torch.Tensor:
         """(N, E) L2-normalised image embeddings."""
-        return self.model.encode_image(self.images_to_tensor(images)).float()
+        from vlm.images import as_image_list
+
+        rows = [self.model.encode_image(self.images_to_tensor(batch)).float()
+                for batch in _chunks(as_image_list(images), self.batch_size)]
+        return torch.cat(rows) if rows else torch.empty(0, self.model.cfg.embed_dim, device=self.device)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, E) L2-normalised text embeddings."""
-        ids = self.tokenizer(list(texts), context_length=self.model.cfg.text.context_length)
+        ids = self.tokenizer(_as_texts(texts), context_length=self.model.cfg.text.context_length)
         return self.model.encode_text(ids.to(self.device)).float()
 
     # -- tasks ------------------------------------------------------------------------------
-    def generation_config(self, beams: int = 1, max_tokens: int = 30, min_tokens: int = 0,
-                          top_p: Optional[float] = None, top_k: Optional[int] = None, temperature: float = 1.0,
-                          repetition_penalty: float = 1.0, seed: Optional[int] = None):
-        """Check that this model can caption and the options make sense, before any image is read."""
+    def generation_config(self, config=None, **options):
+        """The checked ``GenerationConfig`` for this model: ``config`` (default greedy) with the
+        named fields replaced by ``options``; raises before any image is read."""
         from vlm.generation import GenerationConfig
 
         if not self.can_caption:
             raise ModelError(f"{self.name}: this model has no caption decoder (a CLIP model); "
                              f"use classify or similarity")
-        cfg = GenerationConfig(max_tokens=max_tokens, min_tokens=min_tokens, beams=beams, top_p=top_p,
-                               top_k=top_k, temperature=temperature, repetition_penalty=repetition_penalty,
-                               seed=seed)
-        try:
-            cfg.validate()
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        if config is not None and not isinstance(config, GenerationConfig):
+            raise TypeError(f"config: expected a vlm.generation.GenerationConfig, got {type(config).__name__}")
+        cfg = dataclasses.replace(config, **options) if config is not None else GenerationConfig(**options)
+        cfg.validate()
+        self.check_fits(beams=cfg.beams)
         return cfg
 
-    def caption(self, images: Sequence[ImageInput], beams: int = 1, max_tokens: int = 30, min_tokens: int = 0,
-                top_p: Optional[float] = None, top_k: Optional[int] = None, temperature: float = 1.0,
-                repetition_penalty: float = 1.0, seed: Optional[int] = None) -> list[str]:
-        """One caption per image: greedy, beam search (beams > 1) or sampling (top_p / top_k)."""
+    def caption(self, images, config=None, *, on_error: str = "raise", **options) -> list:
+        """One caption per image: greedy, beam search (``beams`` > 1) or sampling (``top_p`` / ``top_k``).
+
+        ``config`` is a ``vlm.generation.GenerationConfig``; keyword ``options`` set its fields
+        (``caption(imgs, beams=3, max_tokens=20)``)."""
         from vlm.generation import generate
 
-        cfg = self.generation_config(beams, max_tokens, min_tokens, top_p, top_k, temperature,
-                                     repetition_penalty, seed)
+        cfg = self.generation_config(config, **options)
         tok = self.tokenizer
-        ids = generate(self.model, self.images_to_tensor(images), tok.sot_id, tok.eot_id, tok.pad_id, cfg)
-        return [tok.decode(row).strip() for row in ids]
+        results: list = []
+        for pil, where, results in self._batches(images, on_error):
+            if pil:
+                x = self._tensor(pil)
+                for n, row in zip(where, generate(self.model, x, tok, cfg)):
+                    results[n] = tok.decode(row).strip()
+        return results
 
     def label_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
         """(C, E) prompt-ensemble embeddings: the mean of normalised template embeddings, renormalised.
 
-        Row i is ``labels[i]``: a blank label is an error, not dropped (that would shift the rows)."""
-        labels = [str(label).strip() for label in labels]
-        if not labels:
-            raise UsageError("empty label list: give at least one label")
-        blank = [n for n, label in enumerate(labels) if not label]
-        if blank:
-            raise UsageError(f"labels: label {blank[0]} of {len(labels)} is blank; every label needs text")
-        templates = list(templates or self.templates)
-        for t in templates:
-            if "{}" not in t:
-                raise UsageError(f"--template {t!r}: must contain {{}} where the label goes")
+        Row i is ``labels[i]``: a blank or repeated label is an error (``vlm.prompts``)."""
+        from vlm.prompts import check_labels, check_templates
+
+        labels = check_labels(labels)
+        templates = check_templates(templates if templates is not None else self.templates)
         texts = [t.format(label) for label in labels for t in templates]
         emb = self.encode_texts(texts).view(len(labels), len(templates), -1)  # (C, T, E)
         return torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
 
     @torch.inference_mode()
-    def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
-                 templates: Optional[Sequence[str]] = None, top_k: int = 5,
-                 label_embeds: Optional[torch.Tensor] = None) -> list[list[tuple[str, float]]]:
-        """Zero-shot top-k (label, probability) per image."""
-        clean = [str(label).strip() for label in labels if str(label).strip()]
+    def classify(self, images, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
+                 top_k: int = 5, label_embeds: Optional[torch.Tensor] = None, *,
+                 on_error: str = "raise") -> list:
+        """Zero-shot top-k (label, probability) per image; labels follow ``vlm.prompts.check_labels``."""
+        from vlm.prompts import check_labels
+
+        labels = check_labels(labels)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidOption("top_k", top_k, "must be at least 1")
         if label_embeds is None:
-            label_embeds = self.label_embeddings(clean, templates)
-        if top_k < 1:
-            raise UsageError(f"--top-k {top_k}: must be at least 1")
-        img = self.encode_images(images)
-        probs = (self.model.logit_scale.exp().float() * img @ label_embeds.t()).softmax(dim=-1)  # (N, C)
-        p, idx = probs.topk(min(top_k, len(clean)), dim=-1)
-        return [[(clean[j], float(q)) for q, j in zip(pr.tolist(), ix.tolist())] for pr, ix in zip(p, idx)]
+            label_embeds = self.label_embeddings(labels, templates)
+        elif label_embeds.shape[0] != len(labels):
+            raise UsageError(f"label_embeds: {label_embeds.shape[0]} rows for {len(labels)} labels")
+        scale = self.model.logit_scale.exp().float()
+        results: list = []
+        for pil, where, results in self._batches(images, on_error):
+            if not pil:
+                continue
+            img = self.model.encode_image(self._tensor(pil)).float()
+            probs = (scale * img @ label_embeds.t()).softmax(dim=-1)  # (N, C)
+            p, idx = probs.topk(min(top_k, len(labels)), dim=-1)
+            for n, pr, ix in zip(where, p.tolist(), idx.tolist()):
+                results[n] = [(labels[j], float(q)) for q, j in zip(pr, ix)]
+        return results
 
-    def similarity(self, images: Sequence[ImageInput], texts: Sequence[str]) -> torch.Tensor:
-        """(N_images, N_texts) cosine similarities."""
+    @torch.no_grad()  # not inference mode: callers use the matrix in their own autograd-tracked arithmetic
+    def similarity(self, images, texts: Sequence[str], *, on_error: str = "raise") -> torch.Tensor:
+        """(N_images, N_texts) cosine similarities; ``texts`` may be one string (one column)."""
+        texts = _as_texts(texts)
         if not texts:
-            raise UsageError("empty text list: give at least one text")
-        return self.encode_images(images) @ self.encode_texts(texts).t()
+            raise UsageError("texts: empty text list: give at least one text")
+        text_embeds = self.encode_texts(texts)
+        rows = None
+        for pil, where, results in self._batches(images, on_error):
+            if rows is None:  # a failed image keeps a NaN row
+                rows = torch.full((len(results), len(texts)), float("nan"), device=self.device)
+            if pil:
+                img = self.model.encode_image(self._tensor(pil)).float()
+                rows[where] = img @ text_embeds.t()
+        return rows if rows is not None else torch.empty(0, len(texts), device=self.device)
 
 
-def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
-         image_size: Optional[int] = None) -> Pipeline:
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise InvalidOption("on_error", on_error, f"must be one of {', '.join(ON_ERROR)}")
+
+
+def _as_texts(texts) -> list[str]:
+    """A list of strings; one string is one text (never iterated character by character)."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts: expected a string or a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for n, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{n}]: expected a string, got {type(t).__name__}")
+    return texts
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_size: Optional[int] = None,
+         pretrained: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Pipeline:
     """Load a shipped model name, a checkpoint directory, or (with the `convert` extras)
     ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME``; None means the default model. A classifier
-    (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``."""
+    (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``.
+
+    ``pretrained`` names the weights of an ``open_clip:ARCH`` model (a tag or a checkpoint file;
+    the same as ``open_clip:ARCH@TAG``). ``image_size`` and ``batch_size`` are checked against
+    the memory of ``device`` here, before any image is read."""
     from vlm.checkpoint import CheckpointMeta, load_checkpoint, read_config
     from vlm.images import PreprocessConfig
+    from vlm.limits import check_batch_size, check_fits
 
+    check_batch_size(batch_size)
+    if pretrained is not None and not (name_or_dir or "").startswith("open_clip:"):
+        raise InvalidOption("pretrained", pretrained, "goes with an open_clip:ARCH model name")
     dev = resolve_device(device)
     if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:", "timm:")):
         from vlm.convert.remote import load_remote
 
-        model, tokenizer, directory = load_remote(name_or_dir)
+        model, tokenizer, directory = load_remote(name_or_dir, pretrained=pretrained)
         classifier = getattr(model.cfg, "model_type", "") == "classifier"
         meta = read_config(directory)[1] if directory and not classifier else CheckpointMeta()
     else:
@@ -209,17 +329,25 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
         else:
             ckpt = load_checkpoint(directory)
             model, tokenizer, meta = ckpt.model, ckpt.tokenizer, ckpt.meta
-    model = model.to(dev).eval()
     if getattr(model.cfg, "model_type", "") == "classifier":  # a supervised classifier: its own labels
         from vlm.classify.pipeline import ClassifierPipeline
 
         cpipe = ClassifierPipeline(model, PreprocessConfig.for_model(model.cfg), dev, name=str(name_or_dir))
         if image_size is not None:
             cpipe.set_image_size(image_size)
+        check_fits(model.cfg, cpipe.image_size, batch_size, device=dev)
+        cpipe.model = model.to(dev).eval()
         return cpipe
     pre = PreprocessConfig.for_model(model.cfg)
-    pipe = Pipeline(model, tokenizer, pre, dev, name=str(name_or_dir or DEFAULT_MODEL),
-                    templates=meta.zero_shot_templates or DEFAULT_TEMPLATES)
+    label = str(name_or_dir or DEFAULT_MODEL) + (f"@{pretrained}" if pretrained is not None else "")
+    pipe = Pipeline(model, tokenizer, pre, dev, name=label,
+                    templates=meta.zero_shot_templates or DEFAULT_TEMPLATES, batch_size=batch_size)
     if image_size is not None:
         pipe.set_image_size(image_size)
+    check_fits(model.cfg, pipe.image_size, batch_size, device=dev)  # before the weights move to the device
+    pipe.model = model.to(dev).eval()
+    if directory:
+        from vlm.ood import OODCheck, OODNotice
+
+        pipe.ood_notice = OODNotice(OODCheck.for_checkpoint(directory), pipe.name)
     return pipe

@@ -26,7 +26,7 @@ import torch
 
 from vlm import configio
 from vlm.config import IGNORED_KEYS, ModelConfig
-from vlm.errors import CheckpointError
+from vlm.errors import CheckpointError, first_line
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -40,6 +40,7 @@ class CheckpointMeta:
 
     zero_shot_templates: Optional[list[str]] = None  # prompt templates for zero-shot labels, "{}" = label
     converted_from: Optional[str] = None  # the source of converted weights, e.g. "open_clip:ViT-B-32/openai"
+    trained_by: Optional[str] = None  # how a classifier head was made, e.g. "vlm probe --model default (wd 0.01)"
 
     def __post_init__(self) -> None:
         for t in self.zero_shot_templates or ():
@@ -124,7 +125,7 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: unreadable weights ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: unreadable weights ({first_line(e)})") from None
 
 
 def load_weights(model, state: dict[str, torch.Tensor], source) -> None:
@@ -195,9 +196,9 @@ def load_checkpoint_tokenizer(directory, cfg: ModelConfig):
     try:
         tok = load_tokenizer(directory)
     except FileNotFoundError as e:  # a file tokenizer_config.json names, e.g. spm.model
-        raise CheckpointError(str(e).splitlines()[0]) from None
+        raise CheckpointError(first_line(e)) from None
     except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{directory}: unreadable tokenizer ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{directory}: unreadable tokenizer ({first_line(e)})") from None
     if tok.vocab_size > min(sizes):
         raise CheckpointError(f"{directory}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
                               f"vocabulary of {min(sizes)}")

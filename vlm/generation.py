@@ -4,50 +4,26 @@ The image is encoded once. Both causal stacks that run per token, the unimodal
 text tower and the multimodal decoder, keep a key/value cache, and the
 decoder's cross-attention keys/values over the image tokens are computed on the
 first step only, so each new token costs one position through each stack.
+
+    >>> from vlm.generation import GenerationConfig, generate
+    >>> ids = generate(model, images, tokenizer, GenerationConfig(beams=3))  # (B, 3, H, W) -> B id lists
+
+Every option, its default and its bounds live on ``GenerationConfig`` (``vlm.generation_config``,
+imported without torch); ``vlm caption``'s flags are derived from its fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from vlm.decoding_guards import CANDIDATES, DegenerationGuard, block_repeated_ngrams
+from vlm.generation_config import GenerationConfig, SpecialTokens
 from vlm.packed_linear import packed_linears
 
-
-@dataclass
-class GenerationConfig:
-    max_tokens: int = 30  # new tokens at most (the end token included)
-    min_tokens: int = 0  # the end token is forbidden before this many tokens
-    beams: int = 1  # > 1: beam search
-    top_p: Optional[float] = None  # nucleus sampling: keep the smallest set with this mass
-    top_k: Optional[int] = None  # sampling from the k most likely tokens
-    temperature: float = 1.0  # sampling temperature
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already generated (CTRL)
-    length_penalty: float = 1.0  # beam scores are logprob / length ** length_penalty
-    seed: Optional[int] = None  # sampling seed, for reproducible samples
-
-    @property
-    def sampling(self) -> bool:
-        return self.top_p is not None or self.top_k is not None
-
-    def validate(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError("min_tokens must be between 0 and max_tokens")
-        if self.beams < 1:
-            raise ValueError("beams must be at least 1")
-        if self.beams > 1 and self.sampling:
-            raise ValueError("choose beam search or sampling, not both")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
+__all__ = ["GenerationConfig", "SpecialTokens", "generate"]
 
 
 class _Stepper:
@@ -78,7 +54,7 @@ def _process(logits: Tensor, generated: Tensor, step: int, cfg: GenerationConfig
         logits = logits.scatter(1, generated, seen)
     if step < cfg.min_tokens:
         logits[:, eot_id] = float("-inf")
-    return logits
+    return block_repeated_ngrams(logits, generated, cfg.no_repeat_ngram)
 
 
 def _sample(logits: Tensor, cfg: GenerationConfig, generator: Optional[torch.Generator]) -> Tensor:
@@ -106,23 +82,32 @@ def _strip(seq: list[int], eot_id: int, pad_id: int) -> list[int]:
 
 
 @torch.inference_mode()
-def generate(model, images: Tensor, sot_id: int, eot_id: int, pad_id: int = 0,
-             cfg: Optional[GenerationConfig] = None) -> list[list[int]]:
-    """Caption token ids (start/end tokens removed) for a (B, 3, H, W) batch of images."""
-    cfg = cfg or GenerationConfig()
-    cfg.validate()
+def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = None,
+             tokenizer=None) -> list[list[int]]:
+    """Caption token ids (start/end tokens removed) for a (B, 3, H, W) batch of images.
+
+    ``tokens`` is the model's tokenizer or a ``SpecialTokens``; ``cfg`` defaults to greedy decoding.
+    With a tokenizer (``tokens`` itself, or ``tokenizer``) and ``cfg.block_degenerate``, degenerate
+    text is refused while decoding (``vlm.decoding_guards``).
+    """
+    cfg = (cfg or GenerationConfig()).validate()
+    special = SpecialTokens.of(tokens)
+    sot_id, eot_id, pad_id = special.sot, special.eot, special.pad
+    if tokenizer is None and not isinstance(tokens, SpecialTokens):
+        tokenizer = tokens
+    guard = DegenerationGuard(tokenizer, eot_id, pad_id) if tokenizer is not None and cfg.block_degenerate else None
     limit = min(model.cfg.decoder.context_length, model.cfg.text.context_length) - 1
     max_tokens = min(cfg.max_tokens, limit)
     image_tokens = model.visual(images).tokens  # (B, N, D), encoded once
     rows = images.shape[0] * cfg.beams  # every step multiplies this many rows by each weight matrix
     with packed_linears([model.text.transformer, model.decoder], rows):
         if cfg.beams > 1:
-            return _beam_search(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens)
-        return _greedy_or_sample(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens)
+            return _beam_search(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens, guard)
+        return _greedy_or_sample(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens, guard)
 
 
 def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: int,
-                      cfg: GenerationConfig, max_tokens: int) -> list[list[int]]:
+                      cfg: GenerationConfig, max_tokens: int, guard=None) -> list[list[int]]:
     B, dev = image_tokens.shape[0], image_tokens.device
     step_fn = _Stepper(model, image_tokens)
     generator = None
@@ -132,7 +117,9 @@ def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
     for step in range(max_tokens):
         logits = _process(step_fn(ids if step == 0 else ids[:, -1:]), ids[:, 1:], step, cfg, eot_id)
-        nxt = _sample(logits, cfg, generator) if cfg.sampling else logits.argmax(-1)
+        pick = (lambda lg: _sample(lg, cfg, generator)) if cfg.sampling else (lambda lg: lg.argmax(-1))
+        nxt = pick(logits) if guard is None else guard.choose(logits, ids[:, 1:], finished, pick,
+                                                             greedy=not cfg.sampling)
         nxt = nxt.masked_fill(finished, pad_id)
         finished |= nxt == eot_id
         ids = torch.cat([ids, nxt[:, None]], dim=1)
@@ -142,7 +129,7 @@ def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad
 
 
 def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: int,
-                 cfg: GenerationConfig, max_tokens: int) -> list[list[int]]:
+                 cfg: GenerationConfig, max_tokens: int, guard=None) -> list[list[int]]:
     B, K, dev = image_tokens.shape[0], cfg.beams, image_tokens.device
     step_fn = _Stepper(model, image_tokens.repeat_interleave(K, dim=0))  # (B*K, N, D)
     ids = torch.full((B * K, 1), sot_id, dtype=torch.long, device=dev)
@@ -155,7 +142,7 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
         logp = _process(logits, ids[:, 1:], step, cfg, eot_id).log_softmax(-1)  # (B*K, V)
         V = logp.shape[-1]
         cand = (scores.view(-1, 1) + logp).view(B, K * V)  # (B, K*V)
-        top_scores, top_idx = cand.topk(2 * K, dim=1)
+        top_scores, top_idx = cand.topk(min(2 * K + (CANDIDATES if guard else 0), K * V), dim=1)
         top_beam, top_tok = (top_idx // V).tolist(), (top_idx % V).tolist()
         top_scores = top_scores.tolist()
         new_src, new_tok, new_score = [], [], []
@@ -166,8 +153,10 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
                 new_score += [float("-inf")] * K
                 continue
             chosen = 0
-            for rank in range(2 * K):
+            for rank in range(len(top_tok[b])):
                 src, tok, s = b * K + top_beam[b][rank], top_tok[b][rank], top_scores[b][rank]
+                if guard is not None and not guard.acceptable(ids[src, 1:].tolist(), tok):
+                    continue
                 if tok == eot_id:
                     if rank < K:
                         seq = ids[src, 1:].tolist() + [tok]
@@ -177,9 +166,15 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
                 chosen += 1
                 if chosen == K:
                     break
+            for _ in range(K - chosen):  # every candidate left was refused: dead beams
+                new_src.append(b * K), new_tok.append(pad_id), new_score.append(float("-inf"))
+            if chosen == 0:  # only degenerate continuations: the best running beam ends here
+                k = int(scores[b].argmax())
+                seq = ids[b * K + k, 1:].tolist() + [eot_id]
+                hyps[b].append((scores[b, k].item() / len(seq) ** cfg.length_penalty, seq))
             hyps[b] = sorted(hyps[b], key=lambda h: -h[0])[:K]
             best_running = max(new_score[-K:]) / (step + 1) ** cfg.length_penalty
-            done[b] = len(hyps[b]) >= K and hyps[b][-1][0] >= best_running
+            done[b] = chosen == 0 or (len(hyps[b]) >= K and hyps[b][-1][0] >= best_running)
         index = torch.tensor(new_src, device=dev)
         ids = torch.cat([ids.index_select(0, index), torch.tensor(new_tok, device=dev)[:, None]], dim=1)
         scores = torch.tensor(new_score, device=dev).view(B, K)

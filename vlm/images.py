@@ -18,9 +18,12 @@ inside the functions that build tensors.
 
 from __future__ import annotations
 
+import errno
+import io
 import math
 import os
 import re
+import stat
 import struct
 import warnings
 import zlib
@@ -31,6 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The one preprocessing dataclass is the model config's preprocess section (vlm.config).
 from vlm.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESIZE_MODES, PreprocessConfig  # noqa: F401
+from vlm.errors import ImageLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -39,6 +43,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageLoadError",
     "PreprocessConfig",
+    "as_image_list",
     "collect_images",
     "load_image",
     "preprocess",
@@ -57,18 +62,6 @@ _EXIF_ORIENTATION = 0x0112
 
 # Exceptions Pillow's decoders raise on damaged data (besides OSError).
 _CORRUPT_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, zlib.error)
-
-
-class ImageLoadError(ValueError):
-    """An image could not be found or decoded; ``str()`` is ``"<input>: <reason>"``."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
-
-    def __reduce__(self):  # keep picklable (multiprocessing data loaders)
-        return (type(self), (self.source, self.reason))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -155,11 +148,14 @@ def load_image(src: str | os.PathLike | Image.Image) -> Image.Image:
     if isinstance(label, bytes):
         label = os.fsdecode(label)
     try:
-        if os.path.isdir(label):
+        info = os.stat(label)
+        if stat.S_ISDIR(info.st_mode):
             raise ImageLoadError(label, "is a directory, not an image file")
-        if os.path.getsize(label) == 0:
+        if stat.S_ISREG(info.st_mode) and info.st_size == 0:
             raise ImageLoadError(label, "file is empty (0 bytes)")
         with open(label, "rb") as fh, warnings.catch_warnings():
+            if not stat.S_ISREG(info.st_mode):  # a pipe (/dev/stdin, <(...)): read it, up to a limit
+                fh = _read_stream(fh, label)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 img = Image.open(fh)
@@ -172,7 +168,7 @@ def load_image(src: str | os.PathLike | Image.Image) -> Image.Image:
                 raise ImageLoadError(label, "truncated or corrupt image data") from None
             return _finish(img, label)
     except FileNotFoundError:
-        raise ImageLoadError(label, "no such file or directory") from None
+        raise ImageLoadError(label, _missing_reason(label)) from None
     except PermissionError:
         raise ImageLoadError(label, "permission denied") from None
     except IsADirectoryError:
@@ -180,7 +176,57 @@ def load_image(src: str | os.PathLike | Image.Image) -> Image.Image:
     except ImageLoadError:
         raise
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageLoadError(label, SYMLINK_LOOP) from None
         raise ImageLoadError(label, exc.strerror or str(exc) or type(exc).__name__) from None
+
+
+#: Largest image accepted from a pipe or other stream, which has no size to check up front.
+MAX_STREAM_BYTES = 256 * 1024 * 1024
+SYMLINK_LOOP = "symbolic link loop (too many levels of symbolic links)"
+
+
+def _read_stream(fh, label: str) -> io.BytesIO:
+    data = fh.read(MAX_STREAM_BYTES + 1)
+    if not data:
+        raise ImageLoadError(label, "no data (an empty pipe or stream)")
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageLoadError(label, f"stream larger than {MAX_STREAM_BYTES // 2**20} MB")
+    return io.BytesIO(data)
+
+
+def _missing_reason(path: str) -> str:
+    """Why a path does not resolve: missing, a dangling symbolic link, or a symbolic link loop."""
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return SYMLINK_LOOP
+        return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    return "no such file or directory"
+
+
+def as_image_list(images: Any, what: str = "images") -> list:
+    """``images`` as a list of paths / PIL images: a single path or image is one input.
+
+    A string is never iterated character by character. Anything else that is not a path, a
+    PIL image or a list of them raises ``TypeError`` naming the position and the type, before
+    any image is read.
+    """
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, (bytes, bytearray)):
+        raise TypeError(f"{what}: got {type(images).__name__}; pass a path, a PIL image or a list of them "
+                        f"(encoded image data: PIL.Image.open(io.BytesIO(data)))")
+    if isinstance(images, dict) or not hasattr(images, "__iter__"):
+        raise TypeError(f"{what}: expected a path, a PIL image or a list of them, got {type(images).__name__}")
+    items = list(images)
+    for n, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike, Image.Image)):
+            hint = " (convert an array with PIL.Image.fromarray)" if hasattr(item, "__array__") else ""
+            raise TypeError(f"{what}[{n}]: expected a path or a PIL image, got {type(item).__name__}{hint}")
+    return items
 
 
 def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[ImageLoadError]]:
@@ -188,8 +234,9 @@ def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[ImageLoadErro
 
     A directory contributes its image files (suffix in ``IMAGE_EXTENSIONS``,
     case-insensitive), sorted by name, not recursively.  A file is kept as
-    given whatever its suffix.  Missing paths and image-less directories are
-    returned as errors rather than raised.
+    given whatever its suffix (pipes such as ``/dev/stdin`` too).  Missing paths,
+    dangling symbolic links and symbolic link loops (also inside a directory) and
+    image-less directories are returned as errors rather than raised.
     """
     paths: list[str] = []
     errors: list[ImageLoadError] = []
@@ -201,20 +248,24 @@ def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[ImageLoadErro
             except OSError as exc:
                 errors.append(ImageLoadError(item, exc.strerror or "cannot list directory"))
                 continue
-            found = [
-                os.path.join(item, name)
-                for name in names
-                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-                and os.path.isfile(os.path.join(item, name))
-            ]
-            if found:
+            found, bad = [], []
+            for name in names:
+                path = os.path.join(item, name)
+                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if os.path.isfile(path):
+                    found.append(path)
+                elif os.path.islink(path) and not os.path.exists(path):  # a loop or a dangling link
+                    bad.append(ImageLoadError(path, _missing_reason(path)))
+            if found or bad:
                 paths.extend(found)
+                errors.extend(bad)
             else:
                 errors.append(ImageLoadError(item, "directory contains no images"))
         elif os.path.exists(item):
             paths.append(item)
         else:
-            errors.append(ImageLoadError(item, "no such file or directory"))
+            errors.append(ImageLoadError(item, _missing_reason(item)))
     return paths, errors
 
 

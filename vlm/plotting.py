@@ -45,5 +45,18 @@ def similarity_heatmap(images: Sequence, texts: Sequence[str], cosine: Sequence[
         t_ax.axis("off")
     cax = fig.add_axes([left + (cell * n_txt + 0.2) / fig_w, bottom, 0.2 / fig_w, cell * n_img / fig_h])
     fig.colorbar(im, cax=cax)
-    fig.savefig(path)
+    fig.savefig(path, format=plot_format(path))
     plt.close(fig)
+
+
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def plot_format(path) -> str:
+    """The figure format a path asks for: its extension, or PNG for a name without one (written to
+    exactly that name, never NAME.png)."""
+    import os
+
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    return ext if ext else "png"
+

@@ -21,6 +21,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_model_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
+    from vlm.limits import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_IMAGE_SIZE
+
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR",
                    help="shipped model name, checkpoint directory, open_clip:ARCH or hf:NAME (default: the shipped default model)")
     p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE",
@@ -28,22 +30,33 @@ def add_model_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     if image_size:
         p.add_argument("--image-size", type=int, default=None, metavar="N",
-                       help="run at this resolution; position embeddings are resized bicubically")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass")
+                       help=f"run at this resolution; position embeddings are resized bicubically (a multiple "
+                            f"of the patch size, at most {MAX_IMAGE_SIZE}; a batch at this size must fit in "
+                            f"memory, checked before any image is read)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"images per forward pass (1..{MAX_BATCH_SIZE}, and it must fit in memory; "
+                        f"default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def load_pipeline(args):
+    """``vlm.load`` with the model flags; sizes that cannot fit in memory are refused here."""
     import vlm
 
-    name = args.model
-    if getattr(args, "pretrained", None):
-        if not (name or "").startswith("open_clip:"):
-            raise UsageError("--pretrained goes with --model open_clip:ARCH")
-        name = f"{name}@{args.pretrained}"
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
-    return vlm.load(name, device=args.device, image_size=getattr(args, "image_size", None))
+    from vlm.limits import check_batch_size
+
+    check_batch_size(args.batch_size)  # before a model is read
+    return vlm.load(args.model, device=args.device, image_size=getattr(args, "image_size", None),
+                    pretrained=getattr(args, "pretrained", None), batch_size=args.batch_size)
+
+
+def progress_bar(desc: Optional[str] = None, total: Optional[int] = None, unit: str = "it"):
+    """A tqdm bar on stderr when stderr is a terminal (long work shows progress), else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
 @dataclass
@@ -62,11 +75,7 @@ def iter_batches(inputs: Sequence[str], batch_size: int, progress: bool = True) 
         paths, errors = collect_images([inp])
         entries += paths + errors
     n_paths = sum(not isinstance(e, ImageLoadError) for e in entries)
-    bar = None
-    if progress and n_paths > 5 and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=n_paths, unit="img", file=sys.stderr, leave=False)
+    bar = progress_bar(total=n_paths, unit="img") if progress and n_paths > 5 else None
     for start in range(0, len(entries), batch_size):
         batch = []
         for entry in entries[start : start + batch_size]:
@@ -85,16 +94,21 @@ def iter_batches(inputs: Sequence[str], batch_size: int, progress: bool = True) 
 
 
 class Reporter:
-    """Prints results and errors; counts failures for the exit status."""
+    """Prints results and errors; counts failures for the exit status.
 
-    def __init__(self, as_json: bool):
+    ``json_errors``: with ``--json``, a failed input also gets an ``{"image", "error"}`` line on
+    stdout (caption, classify); off for commands whose JSON output is one object (similarity)."""
+
+    def __init__(self, as_json: bool, command: Optional[str] = None, json_errors: bool = True):
         self.as_json = as_json
+        self.command = command
+        self.json_errors = json_errors
         self.failed = 0
 
-    def error(self, item: Item, command: str) -> None:
+    def error(self, item: Item, command: Optional[str] = None) -> None:
         self.failed += 1
-        print(f"vlm {command}: error: {item.error}", file=sys.stderr)
-        if self.as_json:
+        print(f"vlm {command or self.command}: error: {item.error}", file=sys.stderr)
+        if self.as_json and self.json_errors:
             print(json.dumps({"image": item.source, "error": item.error}), flush=True)
 
     def result(self, obj: dict, text: str) -> None:

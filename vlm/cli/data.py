@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
+
+from vlm.cli.common import Parser
+
+SUBCOMMANDS = {"shapes": "write the procedural shapes dataset (COCO captions format)"}
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="vlm data", description="Dataset tools.")
+    sub = p.add_subparsers(dest="what", metavar="{shapes}", parser_class=Parser)
+    sub.required = True
+    for name, help_ in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(argv or [])
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: vlm data shapes --out DIR --n N --seed S [--image-size 64]")
-        return 0 if argv else 2
-    if argv[0] != "shapes":
-        print(f"vlm data: error: unknown data command {argv[0]!r} (known: shapes)", file=sys.stderr)
+    parser = build_parser()
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv)  # --help, a missing or unknown subcommand: argparse's one line
         return 2
     from vlm.data.shapes_cli import main as shapes_main
 

@@ -3,6 +3,7 @@
     vlm evaluate --model runs/shapes_tiny/model --data data/shapes_test
     vlm evaluate --data coco --split val --json        # COCO root: annotations/captions_val2017.json
     vlm evaluate --data data/coco --split test         # Karpathy root: dataset_coco.json + val2014/
+    vlm evaluate --model ckpt/probe --data data/shapes_cls/val --plot confusion.png   # a classifier
 
 DIR is a COCO-format dataset dir (``annotations/captions.json`` + ``images/``,
 as ``vlm data shapes`` writes; it has no splits), a Karpathy root
@@ -14,14 +15,18 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Optional
 
-from vlm.cli.common import Parser, add_model_args, load_pipeline
-from vlm.errors import UsageError
+from vlm.cli.common import Parser, add_model_args, load_pipeline, progress_bar
+from vlm.errors import InvalidOption, UsageError
 
 
 def build_parser() -> Parser:
+    from vlm.cli.options import add_dataclass_flags
+    from vlm.generation_config import GenerationConfig
+
     p = Parser(prog="vlm evaluate", description="Captioning (BLEU, METEOR, ROUGE-L, CIDEr, SPICE), "
                "retrieval recall@k and zero-shot accuracy on a COCO-format dataset.")
     p.add_argument("--data", required=True, metavar="DIR",
@@ -29,9 +34,10 @@ def build_parser() -> Parser:
                    "(dataset_coco.json) or a COCO root")
     p.add_argument("--split", default=None, help="Karpathy split (train, restval, val, test) of a dir with "
                    "dataset_coco.json, or COCO root split: annotations/captions_{split}2017.json")
-    p.add_argument("--beams", type=int, default=1, help="beam search width for the captions (1: greedy)")
-    p.add_argument("--max-tokens", type=int, default=30, help="longest caption in tokens")
+    add_dataclass_flags(p, GenerationConfig, only=("beams", "max_tokens"), title="captions")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images only")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="with a classifier: draw the labelled confusion matrix")
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow; needs Stanford CoreNLP jars)")
     p.add_argument("--no-meteor", action="store_true",
                    help="skip METEOR (its Java start-up loads a paraphrase table: about a minute on a busy CPU)")
@@ -53,31 +59,62 @@ def _clean(obj):
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from vlm.cli.evaluate_classifier import is_classifier_model, main_classifier
+
+    if is_classifier_model(args.model):  # top-1/top-5/per-class recall on labelled images
+        return main_classifier(args)
     data = Path(args.data)
     if not data.is_dir():
         raise UsageError(f"--data {args.data}: no such directory")
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"--max-images {args.max_images}: must be at least 1")
+    from vlm.cli.options import dataclass_from_flags
+    from vlm.generation_config import GenerationConfig
+
+    dataclass_from_flags(GenerationConfig, args).validate()
     from vlm.evaluation.evaluate import evaluate_model, format_report, load_classes
     from vlm.training.data import SplitError, open_caption_dir
 
     try:  # the data dir, its split and classes.json are checked before the model loads
-        open_caption_dir(data, args.split, load_images=False)
+        n_images = len(open_caption_dir(data, args.split, load_images=False).image_ids())
     except SplitError as e:
         raise UsageError(f"--split {args.split}: {e}" if args.split else f"--data {args.data}: {e}") from None
     except (FileNotFoundError, ValueError) as e:
-        raise UsageError(f"--data {args.data}: {e}") from None
+        raise UsageError(f"--data {args.data}: {e}{_split_hint(data, args.split)}") from None
     try:
         load_classes(data)
     except ValueError as e:
         raise UsageError(str(e)) from None  # names classes.json
     pipe = load_pipeline(args)
+    bar = progress_bar("vlm evaluate", total=min(n_images, args.max_images or n_images), unit="img")
     try:
         report = evaluate_model(pipe, data, args.split, batch_size=args.batch_size, beams=args.beams,
                                 max_tokens=args.max_tokens, max_images=args.max_images, spice=not args.no_spice,
-                                meteor=not args.no_meteor)
+                                meteor=not args.no_meteor, progress=bar.update if bar else None)
+    except InvalidOption:  # an option (beams x batch too large): it names itself
+        raise
     except ValueError as e:
         raise UsageError(f"--data {args.data}: {e}") from None
+    finally:
+        if bar is not None:
+            bar.close()
     report = {"model": pipe.name, "data": str(data), **report}
     print(json.dumps(_clean(report)) if args.json else format_report(report))
+    skipped = report.get("skipped_images", 0)
+    if skipped:  # like caption: some inputs failed -> exit 1, the metrics of the rest still printed
+        total = skipped + report.get("num_images", 0)
+        print(f"vlm evaluate: error: --data {args.data}: {skipped} of {total} images could not be read; "
+              f"the metrics cover the other {total - skipped}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _split_hint(data: Path, split: Optional[str]) -> str:
+    """For a COCO root (annotations/captions_{split}2017.json) the splits it has, as a hint."""
+    found = sorted(p.name[len("captions_"):-len("2017.json")]
+                   for p in (data / "annotations").glob("captions_*2017.json"))
+    if not found:
+        return ""
+    if split is None:
+        return f"; it is a COCO root with the splits {', '.join(found)}: pass --split {found[0]}"
+    return f"; it is a COCO root with the splits {', '.join(found)}, not {split!r}"

@@ -19,6 +19,9 @@ from vlm.errors import UsageError
 
 
 def build_parser() -> Parser:
+    from vlm.cli.options import add_dataclass_flags
+    from vlm.generation_config import GenerationConfig
+
     p = Parser(prog="vlm explain", description="Figures of what the ViT learned, for one image.")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--out", required=True, metavar="DIR", help="directory the PNG figures are written to")
@@ -29,9 +32,9 @@ def build_parser() -> Parser:
     p.add_argument("--num-filters", type=int, default=28, metavar="N", help="filter tiles to show")
     p.add_argument("--decoder-layers", choices=("mean", "last"), default="mean",
                    help="cross-attention averaged over all decoder layers (default) or the last one")
-    p.add_argument("--max-tokens", type=int, default=30, metavar="N",
-                   help="without --text: longest caption the model generates for the token figure")
     add_model_args(p)
+    add_dataclass_flags(p, GenerationConfig, only=("max_tokens",),
+                        title="without --text: how the model captions the image for the token figure")
     for action in p._actions:  # one image: the shared --batch-size option has nothing to batch
         if action.dest == "batch_size":
             action.help = argparse.SUPPRESS
@@ -39,13 +42,14 @@ def build_parser() -> Parser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from vlm.cli.options import dataclass_from_flags
+    from vlm.generation_config import GenerationConfig
     from vlm.images import ImageLoadError, load_image
 
     args = build_parser().parse_args(argv)
     if args.num_filters < 1:
         raise UsageError(f"--num-filters {args.num_filters}: must be at least 1")
-    if args.max_tokens < 1:
-        raise UsageError(f"--max-tokens {args.max_tokens}: must be at least 1")
+    generation = dataclass_from_flags(GenerationConfig, args).validate()
     if args.text is not None and not args.text.strip():
         raise UsageError("--text is empty: give the caption whose words to explain")
     try:
@@ -57,7 +61,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm.explain.report import explain_image
 
     result = explain_image(pipe, image, args.out, text=args.text, filters=args.filters,
-                           num_filters=args.num_filters, layers=args.decoder_layers, max_tokens=args.max_tokens)
+                           num_filters=args.num_filters, layers=args.decoder_layers, generation=generation)
     if args.json:
         obj = {"image": args.image, "files": result.files}
         if result.caption is not None:

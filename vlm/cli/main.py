@@ -18,7 +18,8 @@ from typing import Optional
 
 COMMANDS = {
     "caption": ("vlm.cli.caption", "caption images"),
-    "classify": ("vlm.cli.classify", "zero-shot classify images with text labels"),
+    "classify": ("vlm.cli.classify", "classify images: zero-shot with text labels, or with a classifier"),
+    "probe": ("vlm.cli.probe", "linear probe on frozen ViT features; writes a classifier"),
     "similarity": ("vlm.cli.similarity", "image-text cosine-similarity matrix (and heatmap)"),
     "models": ("vlm.cli.models", "list the named model configs and available checkpoints"),
     "data": ("vlm.cli.data", "make datasets: `vlm data shapes`"),
@@ -39,6 +40,9 @@ def _usage() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from vlm.threads import configure
+
+    configure()  # OpenMP wait policy and thread count for the machine as it is, before torch loads
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -55,28 +59,57 @@ def main(argv: Optional[list[str]] = None) -> int:
     return run_command(name, argv[1:])
 
 
+def _show_notes_as_lines(name: str) -> None:
+    """Warnings that carry a CLI wording (vlm.ood's notice) print as one ``vlm NAME: note:`` line."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if hasattr(message, "cli_message"):
+            print(f"vlm {name}: note: {message.cli_message()}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def run_command(name: str, argv: list[str]) -> int:
     """Run one subcommand, turning every expected failure into one line and an exit status."""
-    from vlm.errors import VlmError
+    _show_notes_as_lines(name)
+    from vlm.errors import VlmError, first_line
 
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return module.main(argv)
     except VlmError as e:
-        print(f"vlm {name}: error: {e}", file=sys.stderr)
+        message = e.cli_message() if hasattr(e, "cli_message") else str(e)
+        print(f"vlm {name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vlm {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`vlm caption DIR | head -1`): stop quietly, as cat does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, the status a shell gives a process killed by a broken pipe
     except SystemExit as e:  # argparse's --help and errors
         return e.code if isinstance(e.code, int) else 2
     except Exception as e:  # a bug in vlm: still one line, the traceback on request
         if os.environ.get("VLM_DEBUG"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else ""
+        msg = first_line(e) if str(e).strip() else ""
         print(f"vlm {name}: internal error: {type(e).__name__}: {msg} (set VLM_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -10,17 +10,44 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from vlm.cli.common import Parser, add_model_args, iter_batches, load_pipeline
+from vlm.cli.common import Parser, Reporter, add_model_args, iter_batches, load_pipeline
 from vlm.errors import UsageError
 
 
 def build_parser() -> Parser:
+    from vlm.plotting import PLOT_FORMATS
+
     p = Parser(prog="vlm similarity", description="Cosine similarity between images and texts.")
     p.add_argument("--images", nargs="+", required=True, metavar="IMG")
     p.add_argument("--texts", nargs="+", required=True, metavar="TEXT")
-    p.add_argument("--plot", metavar="FILE.png", help="write a heatmap with thumbnails and texts")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help=f"write a heatmap with thumbnails and texts ({', '.join(PLOT_FORMATS)} by the extension; "
+                        f"PNG without one); checked writable before any work")
     add_model_args(p)
     return p
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a --plot target that cannot be written, before the model loads."""
+    import os
+
+    from vlm.plotting import PLOT_FORMATS, plot_format
+
+    if os.path.isdir(path):
+        raise UsageError(f"--plot {path}: is a directory; give a file name, e.g. {os.path.join(path, 'similarity.png')}")
+    if plot_format(path) not in PLOT_FORMATS:
+        raise UsageError(f"--plot {path}: unknown figure format {plot_format(path)!r} (use {', '.join(PLOT_FORMATS)})")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--plot {path}: no such directory {parent}")
+    existed = os.path.exists(path)
+    try:  # really open it (permissions, read-only file systems, root squash): only then is it known
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--plot {path}: cannot write ({e.strerror or type(e).__name__})") from None
+    if not existed:
+        os.unlink(path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -30,16 +57,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     texts = [t for t in args.texts if t.strip()]
     if not texts:
         raise UsageError("--texts: empty text list")
+    if args.plot:
+        check_plot_path(args.plot)
     pipe = load_pipeline(args)
     text_embeds = pipe.encode_texts(texts)
-    sources, images, failed = [], [], 0
-    rows = []
+    out = Reporter(args.json, "similarity", json_errors=False)  # the JSON output is one object
+    sources, images, rows = [], [], []
     for batch in iter_batches(args.images, args.batch_size):
         good = [it for it in batch if it.error is None]
         for it in batch:
             if it.error is not None:
-                failed += 1
-                print(f"vlm similarity: error: {it.error}", file=sys.stderr)
+                out.error(it)
         if good:
             rows.append(pipe.encode_images([it.image for it in good]) @ text_embeds.t())
             sources += [it.source for it in good]
@@ -52,9 +80,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.plot and sources:
         from vlm.plotting import similarity_heatmap
 
-        similarity_heatmap(images, texts, cosine, args.plot)
+        try:
+            similarity_heatmap(images, texts, cosine, args.plot)
+        except OSError as e:  # the disk filled or the directory vanished since the check
+            raise UsageError(f"--plot {args.plot}: cannot write ({e.strerror or type(e).__name__})") from None
         print(f"wrote {args.plot}", file=sys.stderr)
-    return 1 if failed else 0
+    return out.exit_code
 
 
 def print_table(sources: list[str], texts: list[str], cosine: list[list[float]]) -> None:

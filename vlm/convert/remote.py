@@ -10,7 +10,7 @@
 
 Offline (no route to the Hub, or ``HF_HUB_OFFLINE=1``) nothing waits on the
 network: a one-line ModelError says which file to download and how to pass it.
-The CLI turns ``--model open_clip:ARCH --pretrained X`` into ``open_clip:ARCH@X``.
+The CLI passes ``--model open_clip:ARCH --pretrained X`` as ``load_remote("open_clip:ARCH", pretrained=X)``.
 
     >>> model, tokenizer, directory = load_remote("open_clip:ViT-B-32@/data/vit_b_32.bin")
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from vlm.errors import ModelError
+from vlm.errors import ModelError, first_line
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
@@ -32,10 +32,13 @@ HF_PATTERNS = ["config.json", "preprocessor_config.json", "vocab.json", "merges.
 CONNECT_TIMEOUT_S = 3.0
 
 
-def load_remote(name: str):
-    """(model, tokenizer, checkpoint directory or None) for an ``open_clip:`` or ``hf:`` name."""
+def load_remote(name: str, pretrained: Optional[str] = None):
+    """(model, tokenizer, checkpoint directory or None) for an ``open_clip:`` or ``hf:`` name;
+    ``pretrained``: the weights of an ``open_clip:ARCH`` (tag or file), as ``open_clip:ARCH@X`` would."""
+    if pretrained is not None and not name.startswith("open_clip:"):
+        raise ModelError(f"{name}: pretrained weights ({pretrained}) go with an open_clip:ARCH model name")
     if name.startswith("open_clip:"):
-        return load_open_clip(name[len("open_clip:"):])
+        return load_open_clip(name[len("open_clip:"):], pretrained=pretrained)
     if name.startswith("hf:"):
         return load_hf(name[len("hf:"):])
     if name.startswith("timm:"):  # a supervised ViT classifier (vlm.convert.timm)
@@ -54,17 +57,26 @@ def _offline_env() -> bool:
 
 
 def can_reach(url: str) -> bool:
-    """True unless offline mode is set or the host cannot be connected to within a few seconds.
+    """True unless offline mode is set or the URL's host cannot be connected to within a few seconds.
 
-    Behind a proxy the proxy decides, so the check is left to the download's own timeouts.
+    The port is the URL's own (``HF_ENDPOINT=http://mirror:8080`` probes 8080), else the scheme's
+    (443 for https, 80 for http). Behind a proxy the proxy decides, so the check is left to the
+    download's own timeouts.
     """
     if _offline_env():
         return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    proxies = ("HTTPS_PROXY", "https_proxy") if parsed.scheme == "https" else ("HTTP_PROXY", "http_proxy")
+    if any(os.environ.get(v) for v in proxies + ("ALL_PROXY", "all_proxy")):
         return True
-    host = urlparse(url).hostname or url
     try:
-        with socket.create_connection((host, 443), timeout=CONNECT_TIMEOUT_S):
+        port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    except ValueError:  # a port outside 0-65535
+        return False
+    if not parsed.hostname:
+        return False
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S):
             return True
     except OSError:
         return False
@@ -99,13 +111,17 @@ def _looks_like_path(text: str) -> bool:
         text.endswith((".bin", ".pt", ".pth", ".safetensors"))
 
 
-def load_open_clip(spec: str, tag: Optional[str] = None):
-    """``ARCH@TAG_OR_FILE``; ``tag`` names the pretrained tag a local file was downloaded for
-    (its preprocessing and activation then apply)."""
+def load_open_clip(spec: str, tag: Optional[str] = None, pretrained: Optional[str] = None):
+    """``ARCH@TAG_OR_FILE`` (or ``ARCH`` with ``pretrained=TAG_OR_FILE``); ``tag`` names the
+    pretrained tag a local file was downloaded for (its preprocessing and activation then apply)."""
     from vlm.convert import open_clip as oc
 
-    arch, _, pretrained = spec.partition("@")
-    name = f"open_clip:{spec}"
+    arch, _, named = spec.partition("@")
+    if pretrained is not None and named:
+        raise ModelError(f"open_clip:{spec}: the name already says which weights; pretrained={pretrained!r} "
+                         f"is one too many")
+    pretrained = named if pretrained is None else pretrained
+    name = f"open_clip:{arch}@{pretrained}" if pretrained else f"open_clip:{arch}"
     oc.arch_config(arch)  # an unsupported architecture or a bad config file -> ModelError
     if not pretrained:
         raise ModelError(f"{name}: which weights? pass --pretrained TAG (e.g. {_example_tag(arch)}) or "
@@ -152,7 +168,7 @@ def _load_open_clip_tag(arch: str, tag: str, name: str):
 
         oc_model, _, _ = open_clip.create_model_and_transforms(base, pretrained=tag, force_quick_gelu=quick)
     except Exception as e:  # network and hub failures come in many types
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise ModelError(f"{name}: could not download ({msg}); download {where} yourself and pass "
                          f"--pretrained /path/to/{filename or 'checkpoint.pt'}") from None
     pp = getattr(oc_model.visual, "preprocess_cfg", None) or tag_cfg
@@ -232,7 +248,7 @@ def _hf_snapshot(repo: str, name: str) -> Path:
         try:
             d = Path(snapshot_download(repo, allow_patterns=HF_PATTERNS + patterns))
         except Exception as e:
-            last = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            last = first_line(e)
             break
         if any((d / p).is_file() for p in patterns[:2]):
             return d

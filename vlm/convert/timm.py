@@ -35,7 +35,7 @@ import torch
 
 from vlm.classify.model import ClassifierConfig, ImageClassifier
 from vlm.config import PreprocessConfig, VisionConfig
-from vlm.errors import CheckpointError
+from vlm.errors import CheckpointError, first_line
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _BLOCK = re.compile(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$")
@@ -185,7 +185,7 @@ def convert_timm_dir(directory) -> ImageClassifier:
         with torch.device("meta"):
             ref = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=pcfg, **args)
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{cfg_path}: timm cannot build {arch!r} ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{cfg_path}: timm cannot build {arch!r} ({first_line(e)})") from None
     vision = vision_config_from_timm(ref, cfg_path)
     if n < 2:
         raise CheckpointError(f"{cfg_path}: num_classes={n}: not a classifier (no head)")
@@ -235,6 +235,6 @@ def load_timm(spec: str) -> ImageClassifier:
     try:
         directory = snapshot_download(repo, allow_patterns=patterns)
     except Exception as e:  # network and hub failures come in many types
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise CheckpointError(f"{name}: could not download from {where} ({msg})") from None
     return convert_timm_dir(directory)

@@ -34,6 +34,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from vlm.errors import first_line
+
 logger = logging.getLogger("vlm.data")
 
 Transform = Callable[[Any], Any]  # PIL.Image.Image -> torch.Tensor (or anything)
@@ -98,7 +100,7 @@ def load_or_skip(load: Callable[[], Any], source: str, skips: Optional[SkipCount
     except ImageLoadError as exc:
         reason = getattr(exc, "reason", str(exc))
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
     else:
         if skips is not None:
             skips.record_ok()

@@ -390,9 +390,11 @@ def scene_captions(scene: Scene, rng: np.random.Generator, image_size: int = 64)
 # ---------------------------------------------------------------- writer
 
 
-def generate_shapes(out_dir: str | Path, n: int, seed: int, image_size: int = 64) -> Path:
+def generate_shapes(out_dir: str | Path, n: int, seed: int, image_size: int = 64, progress=None) -> Path:
     """Write ``n`` scenes (ids 1..n) under ``out_dir``; returns ``out_dir``.
 
+    Scene images of an earlier run into the same directory with ids above ``n`` are removed, so
+    ``images/`` holds exactly this dataset. ``progress``, if given, is called with each image id.
     Raises ValueError for n < 1, a negative seed or image_size < 32.
     """
     if not isinstance(n, int) or n < 1:
@@ -428,6 +430,11 @@ def generate_shapes(out_dir: str | Path, n: int, seed: int, image_size: int = 64
             )
         if len(scene.objects) == 1:
             labels[str(image_id)] = CLASSES.index(scene.objects[0].class_name)
+        if progress is not None:
+            progress(image_id)
+    for old in (out / "images").glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):  # stale scenes of a larger run
+        if int(old.stem) > n:
+            old.unlink()
 
     coco = {
         "info": {

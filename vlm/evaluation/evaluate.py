@@ -26,6 +26,8 @@ from typing import Optional
 
 import torch
 
+from vlm.generation_config import GenerationConfig
+
 
 def _load_objects(ann_file: Path) -> dict[int, list]:
     """image id -> objects for shapes data (empty for other datasets)."""
@@ -93,15 +95,17 @@ def load_classes(data_dir: Path) -> Optional[dict]:
 
 @torch.inference_mode()
 def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int = 64, beams: int = 1,
-                   max_tokens: int = 30, max_images: Optional[int] = None, spice: bool = True,
-                   meteor: bool = True) -> dict:
-    """All metrics the dataset allows for a loaded ``vlm.api.Pipeline`` (see the module docstring)."""
+                   max_tokens: int = GenerationConfig.max_tokens, max_images: Optional[int] = None, spice: bool = True,
+                   meteor: bool = True, progress=None) -> dict:
+    """All metrics the dataset allows for a loaded ``vlm.api.Pipeline`` (see the module docstring).
+
+    ``progress``, if given, is called with the number of images of each batch once it is done."""
     from vlm.data.collate import SkipCounter, load_or_skip
     from vlm.evaluation.captioning import evaluate_captions
     from vlm.evaluation.retrieval import retrieval_recall
     from vlm.evaluation.shapes_check import shapes_attribute_accuracy
     from vlm.evaluation.zeroshot import topk_accuracy
-    from vlm.generation import generate
+    from vlm.generation import SpecialTokens, generate
     from vlm.images import load_image, preprocess_batch
     from vlm.training.data import open_caption_dir
 
@@ -115,6 +119,8 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     embeds, captions = [], {}
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
+        if progress is not None:
+            progress(len(chunk))  # counted as the batch starts: a bar that has reached N is on its last batch
         images = [load_or_skip(lambda i=i: load_image(ds.image_path(i)), str(ds.image_path(i)), skips)
                   for i in chunk]
         chunk = [i for i, im in zip(chunk, images) if im is not None]
@@ -123,7 +129,7 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
         x = preprocess_batch([im for im in images if im is not None], pipe.preprocess_cfg).to(pipe.device)
         embeds.append(pipe.model.encode_image(x).float().cpu())
         if gen_cfg is not None:
-            rows = generate(pipe.model, x, tok.sot_id, tok.eot_id, tok.pad_id, gen_cfg)
+            rows = generate(pipe.model, x, SpecialTokens.of(tok), gen_cfg)  # no guards: metrics as published
             captions.update({i: tok.decode(r).strip() for i, r in zip(chunk, rows)})
         kept += chunk
     if not kept:

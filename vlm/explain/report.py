@@ -70,10 +70,11 @@ def caption_tokens(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
 
 
 def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str = "pca", num_filters: int = 28,
-                  layers: str = "mean", max_tokens: int = 30) -> Explanation:
+                  layers: str = "mean", generation=None) -> Explanation:
     """Write the explain figures for one image (path or PIL image) into ``out_dir``.
 
-    Without ``text`` a CoCa model first captions the image greedily (at most ``max_tokens``).
+    Without ``text`` a CoCa model first captions the image (``generation``: a
+    ``vlm.generation.GenerationConfig``, default greedy).
     """
     model = pipe.model
     if text is not None and not pipe.can_caption:
@@ -139,7 +140,7 @@ def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str
 
     if pipe.can_caption:
         if text is None:
-            text = pipe.caption([image], max_tokens=max_tokens)[0]
+            text = pipe.caption([image], generation)[0]
             result.caption_generated = True
         result.caption = text
         ids = pipe.tokenizer([text], context_length=model.cfg.text.context_length).to(x.device)  # (1, L)

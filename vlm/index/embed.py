@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from vlm.errors import first_line
 from vlm.index.sources import Record
 from vlm.index.store import Shard, write_shard
 
@@ -55,7 +56,7 @@ class ImageRecords(torch.utils.data.Dataset):
         except ImageLoadError as exc:
             return {"i": i, "error": exc.reason if hasattr(exc, "reason") else str(exc)}
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            return {"i": i, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+            return {"i": i, "error": first_line(exc)}
 
 
 def _collate(items: list[dict]) -> dict:
@@ -157,7 +158,7 @@ def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: Shard
 
 
 def _captions(pipe, x: torch.Tensor, cfg) -> list[str]:
-    from vlm.generation import generate
+    from vlm.generation import SpecialTokens, generate
 
     tok = pipe.tokenizer
-    return [tok.decode(r).strip() for r in generate(pipe.model, x, tok.sot_id, tok.eot_id, tok.pad_id, cfg)]
+    return [tok.decode(r).strip() for r in generate(pipe.model, x, SpecialTokens.of(tok), cfg)]

@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from vlm.errors import ModelError, UsageError, VlmError
+from vlm.errors import ModelError, UsageError, VlmError, first_line
 
 
 class IndexFormatError(VlmError):
@@ -141,12 +141,12 @@ def open_index(path: str | os.PathLike, model: Optional[str] = None, device: Opt
             if key not in info:
                 raise ValueError(f"missing key {key!r}")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{meta}: corrupt ({str(exc).splitlines()[0]})") from None
+        raise IndexFormatError(f"{meta}: corrupt ({first_line(exc)})") from None
     try:
         rows = read_table(path / info["rows"])
     except Exception as exc:  # pyarrow raises its own types for a damaged file
         raise IndexFormatError(f"{path / info['rows']}: unreadable ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                               f"{first_line(exc)})") from None
     try:
         index = ann.from_bytes((path / info["faiss"]).read_bytes())
     except (OSError, RuntimeError) as exc:

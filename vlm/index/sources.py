@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from vlm.errors import UsageError
+from vlm.errors import UsageError, first_line
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def gather(sources: Sequence[str]) -> Gathered:
                 rec = _file_record(path)
                 found = [rec] if rec is not None else []
         except (ValueError, KeyError, OSError) as exc:
-            errors.append(f"{src}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            errors.append(f"{src}: {first_line(exc)}")
             continue
         if not found:
             errors.append(f"{src}: no images found")

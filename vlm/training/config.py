@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from vlm import configio
+from vlm.errors import first_line
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TOWERS = ("visual", "text", "decoder")
@@ -150,7 +151,7 @@ def load_train_config(path: Optional[str], overrides: list[str] = ()) -> TrainCo
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"--config {path}: not valid YAML ({first_line(e)})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"--config {path}: must be a mapping of keys to values")
     pairs = [(k, raw.pop(k)) for k in [k for k in raw if "." in str(k)]]  # dotted keys in the file

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from vlm.errors import UsageError, VlmError
+from vlm.errors import UsageError, VlmError, first_line
 
 
 class NonFiniteLossError(VlmError):
@@ -80,7 +80,7 @@ def sample_captions(accelerator, model, val_set, tokenizer, n: int) -> list[str]
     """Greedy captions of the first ``n`` validation images (main process; not under FSDP)."""
     from accelerate.utils import DistributedType
 
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
 
     if n <= 0 or val_set is None or accelerator.distributed_type == DistributedType.FSDP:
         return []
@@ -94,8 +94,7 @@ def sample_captions(accelerator, model, val_set, tokenizer, n: int) -> list[str]
     images = torch.stack([it["image"] for it in items]).to(accelerator.device)
     net.eval()
     with torch.no_grad():
-        ids = generate(net, images, tokenizer.sot_id, tokenizer.eot_id, tokenizer.pad_id,
-                       GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
+        ids = generate(net, images, SpecialTokens.of(tokenizer), GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
     net.train()
     return [f"{tokenizer.decode(row).strip()!r} (ref: {it['caption']!r})" for row, it in zip(ids, items)]
 
@@ -138,7 +137,7 @@ def train(cfg) -> dict:
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
     except (OSError, ValueError, KeyError) as e:  # OSError: also a dataset that needs the network
-        raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else str(e).splitlines()[0]) from None
+        raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)) from None
     # weight 0: skip the decoder forward; None: a CLIP, no decoder at all
     caption = (cfg.caption_weight > 0) if getattr(model, "decoder", None) is not None else None
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
@@ -158,7 +157,7 @@ def train(cfg) -> dict:
             accelerator.load_state(str(path))  # model, optimizer, scheduler, RNG, sampler, accumulation count
         except (RuntimeError, ValueError, KeyError) as e:
             raise UsageError(f"resume={path}: the checkpoint does not match this model or optimizer "
-                             f"({str(e).splitlines()[0].rstrip(':')})") from None
+                             f"({first_line(e).rstrip(':')})") from None
         step, epoch, done = read_position(path, batches_per_step=cfg.grad_accum_steps,
                                           batches_per_epoch=batches_per_epoch)
         accelerator.print(f"resumed from {path} at step {step} (epoch {epoch}, batch {done})")

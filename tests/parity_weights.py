@@ -11,7 +11,8 @@ overwrites open_clip parameters that are left uninitialised (``torch.empty``).
 ``shrink_open_clip_cfg`` keeps every structural switch of an open_clip model config
 (attentional pooler, appended CLS, decoder) at tiny width and depth, for fast tests.
 
-Used by tests/test_convert_*.py, scripts/check_parity.py and scripts/benchmark_generate.py.
+A test helper, not part of the package: used by tests/test_convert_*.py, and by scripts/check_parity.py
+and scripts/benchmark_generate.py (which put tests/ on sys.path).
 """
 
 from __future__ import annotations

@@ -1,0 +1,164 @@
+"""Decoding never emits degenerate text, and the default model says when images are far from its data.
+
+Real photos come from scikit-image's bundled samples (a cat, a cup of coffee); natural-image-like
+noise (1/f spectrum) and white noise are made here; in-distribution scenes come from
+``vlm.data.shapes`` with seeds neither training nor the calibration (scripts/calibrate_ood.py) used.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, run_vlm
+
+from vlm.decoding_guards import DegenerationGuard, degenerate_text, ngram_blocked
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def clean(text: str) -> bool:
+    words = re.findall(r"[\w']+", text.lower())
+    return "  " not in text and not any(a == b for a, b in zip(words, words[1:]))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage_data.chelsea()).save(d / "cat.png")
+    Image.fromarray(skimage_data.coffee()).save(d / "coffee.png")
+    rng = np.random.default_rng(0)
+    f = np.sqrt(np.fft.fftfreq(128)[:, None] ** 2 + np.fft.fftfreq(128)[None, :] ** 2)
+    amp = 1 / np.maximum(f, 1 / 128)  # 1/f amplitude: the spectrum of natural images
+    img = np.stack([np.real(np.fft.ifft2(amp * np.exp(2j * np.pi * rng.random((128, 128))))) for _ in range(3)], -1)
+    Image.fromarray(((img - img.min()) / np.ptp(img) * 255).astype(np.uint8)).save(d / "pink_noise.png")
+    Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(d / "white_noise.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from vlm.data.shapes import generate_shapes
+
+    root = generate_shapes(tmp_path_factory.mktemp("shapes") / "s", 200, seed=4242)
+    return sorted((root / "images").iterdir())
+
+
+@pytest.fixture(scope="module")
+def default():
+    import vlm
+
+    return vlm.load()
+
+
+def test_degenerate_text_rules():
+    assert degenerate_text("t            n    n  n")
+    assert degenerate_text("three shapes on a a")
+    assert degenerate_text("a cat, a cat, a cat, a cat")  # a phrase the fourth time: a loop
+    for ok in ("a large red square, a large red square and a large red square from left to right",
+               "two purple stars side by side", "a noisy background", "a red star above an orange square"):
+        assert not degenerate_text(ok), ok
+    assert ngram_blocked([5, 6, 7, 5, 6], 3) == {7} and ngram_blocked([5, 6, 7], 3) == set()
+    assert ngram_blocked([1, 2], 1) == {1, 2} and ngram_blocked([1, 2], 0) == set()
+
+
+def test_photos_never_get_degenerate_captions(default, photos):
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
+
+    paths = sorted(photos.iterdir())
+    tok = default.tokenizer
+    x = default.images_to_tensor(paths)
+    raw = [tok.decode(r) for r in generate(default.model, x, SpecialTokens.of(tok), GenerationConfig())]
+    assert not all(clean(c) for c in raw)  # without the guards the cat and the coffee read as garbage
+    for cfg in (dict(), dict(beams=3), dict(top_p=0.9, seed=0), dict(top_k=20, temperature=1.5, seed=1)):
+        for cap in default.caption(paths, **cfg):
+            assert clean(cap), (cfg, cap)
+
+
+def test_guards_leave_in_distribution_captions_unchanged(default, shapes):
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
+
+    tok = default.tokenizer
+    for i in range(0, len(shapes), 50):
+        x = default.images_to_tensor(shapes[i:i + 50])
+        for beams in (1, 2):
+            cfg = GenerationConfig(beams=beams)
+            plain = generate(default.model, x, SpecialTokens.of(tok), cfg)
+            assert generate(default.model, x, SpecialTokens.of(tok), cfg, tokenizer=tok) == plain
+    off = GenerationConfig(block_degenerate=False)
+    x = default.images_to_tensor(shapes[:8])
+    assert generate(default.model, x, SpecialTokens.of(tok), off, tokenizer=tok) == \
+        generate(default.model, x, SpecialTokens.of(tok), off)
+
+
+class _AllBad:
+    """A tokenizer whose every piece decodes to a whitespace run: every token is refused."""
+
+    sot_id, eot_id, pad_id = 1, 999, 0
+
+    def decode(self, ids):
+        return "x  " * len(ids)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(beams=3), dict(top_p=0.9, seed=0)])
+def test_only_degenerate_continuations_end_the_caption(kw):
+    from conftest import perturb
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
+    from vlm.model import create_model
+
+    torch.manual_seed(0)
+    model = perturb(create_model("tiny")).eval()
+    images = torch.randn(2, 3, model.cfg.vision.image_size, model.cfg.vision.image_size)
+    assert generate(model, images, SpecialTokens(1, 999, 0), GenerationConfig(max_tokens=6, **kw), tokenizer=_AllBad()) == [[], []]
+    assert all(len(r) == 6 for r in generate(model, images, SpecialTokens(1, 999, 0), GenerationConfig(max_tokens=6, min_tokens=6, **kw)))
+
+
+def test_no_repeat_ngram_option(default, photos):
+    from vlm.generation import GenerationConfig, SpecialTokens, generate
+
+    tok = default.tokenizer
+    x = default.images_to_tensor([photos / "coffee.png", photos / "cat.png"])
+    for row in generate(default.model, x, SpecialTokens.of(tok), GenerationConfig(no_repeat_ngram=2,
+                                                                                                block_degenerate=False)):
+        pairs = list(zip(row, row[1:]))
+        assert len(pairs) == len(set(pairs))
+    with pytest.raises(ValueError):
+        GenerationConfig(no_repeat_ngram=-1).validate()
+
+
+def test_out_of_distribution_notice_once_on_stderr(photos, shapes, tmp_path):
+    r = run_vlm("caption", *sorted(photos.iterdir()), "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "note:" in line]
+    assert len(notes) == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "far from what the default model was trained on" in notes[0]
+    assert "--model open_clip:coca_ViT-B-32 --pretrained laion2b_s13b_b90k" in notes[0]
+    r = run_vlm("caption", *shapes, REPO / "examples")  # in distribution: no false alarm
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = run_vlm("classify", photos / "cat.png", "--labels", "red star,blue circle")
+    assert r.returncode == 0 and r.stderr.count("note:") == 1, r.stderr
+
+
+def test_out_of_distribution_warning_in_the_api(default, photos, shapes):
+    import vlm
+    from vlm.ood import OODCheck, OutOfDistributionWarning
+
+    pipe = vlm.load()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.caption(shapes[:100])
+        pipe.classify(shapes[100:], ["red star", "blue circle"])
+        assert not caught
+        pipe.caption([photos / "cat.png"])
+        pipe.caption([photos / "coffee.png", photos / "pink_noise.png"])  # said once per pipeline
+    ood = [w for w in caught if issubclass(w.category, OutOfDistributionWarning)]
+    assert len(ood) == 1 and "--" not in str(ood[0].message)  # no CLI flag names in the API
+    check = OODCheck.for_checkpoint(REPO / "vlm" / "pretrained" / "default")
+    d_in = check.distances(default.model, default.images_to_tensor(shapes))
+    d_out = check.distances(default.model, default.images_to_tensor(sorted(photos.iterdir())))
+    assert d_in.max() < check.threshold < d_out.min()

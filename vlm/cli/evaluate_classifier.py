@@ -1,0 +1,60 @@
+"""``vlm evaluate --model CLASSIFIER --data DATA [--plot FILE.png] [--json]``: top-1, top-5 and
+per-class recall of a classifier on labelled images (class-per-folder, path,label CSV or
+hf:DATASET); the data's classes must be labels of the checkpoint. ``--plot`` draws the
+labelled confusion matrix."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from vlm.errors import UsageError
+
+
+def is_classifier_model(name) -> bool:
+    from vlm.classify.checkpoint import is_classifier_dir
+
+    return bool(name) and (str(name).startswith("timm:") or is_classifier_dir(name))
+
+
+def main_classifier(args) -> int:
+    from vlm.classify.data import open_labelled
+
+    try:
+        data = open_labelled(args.data, min_classes=1)
+    except ValueError as e:
+        raise UsageError(f"--data {e}") from None
+    if args.max_images is not None:
+        if args.max_images < 1:
+            raise UsageError(f"--max-images {args.max_images}: must be at least 1")
+        keep = slice(0, args.max_images)
+        data.sources, data.targets = data.sources[keep], data.targets[keep]
+    plot = getattr(args, "plot", None)
+    if plot and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--plot {plot}: must end in .png, .pdf or .svg")
+    from vlm.classify.evaluate import confusion_plot, evaluate_classifier
+    from vlm.cli.common import load_pipeline
+
+    pipe = load_pipeline(args)
+    try:
+        data = data.remap(pipe.labels, f"the classifier {pipe.name}")
+    except ValueError as e:
+        raise UsageError(f"--data {e}") from None
+    report, conf = evaluate_classifier(pipe.model, pipe.preprocess_cfg, data, args.batch_size)
+    if report["images"] == 0:
+        raise UsageError(f"--data {args.data}: no readable images ({report['skipped']} skipped)")
+    if plot:
+        present = [lb for lb in pipe.labels if lb in report["per_class_recall"]]
+        confusion_plot(conf, present, plot)
+    out = {"model": pipe.name, "data": str(args.data), "classification": report}
+    if args.json:
+        print(json.dumps(out, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        return 0
+    print(f"classification ({report['images']} images, {report['classes']} classes, "
+          f"{report['skipped']} unreadable skipped): top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f}")
+    for label, r in report["per_class_recall"].items():
+        print(f"  recall {label}: {r:.4f}")
+    if plot:
+        print(f"confusion matrix: {plot}")
+    return 0
