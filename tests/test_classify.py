@@ -113,3 +113,27 @@ def test_probe_cli_bad_layouts(shapes_cls, tmp_path):
         r = run_vlm("probe", "--train", data, "--val", shapes_cls / "val", "--cache", "")
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") == 1 and reason in r.stderr and r.stdout == ""
+
+
+def test_zero_shot_head_step0_accuracy_equals_classify(shapes_cls):
+    """A head initialised from the class names through the templates classifies exactly as zero-shot
+    ``classify`` with the same labels and templates: same top-1 on every image, same accuracy."""
+    from vlm.classify.backbone import classifier_for
+    from vlm.classify.data import open_labelled
+    from vlm.classify.evaluate import evaluate_classifier
+    from vlm.classify.zeroshot import class_embeddings, zero_shot_head
+
+    val = open_labelled(shapes_cls / "val")
+    templates = ["one {}", "a picture of one {}"]
+    model, pre, pipe = classifier_for(None, val.classes, "embedding")
+    emb = zero_shot_head(model, pipe, templates=templates)
+    assert torch.allclose(emb, pipe.label_embeddings(val.classes, templates), atol=1e-5)
+    report, _ = evaluate_classifier(model, pre, val)  # the classifier at step 0
+    zs = pipe.classify(val.sources, val.classes, templates=templates, top_k=1)
+    zs_acc = sum(top[0][0] == val.classes[t] for top, t in zip(zs, val.targets)) / len(val)
+    assert report["top1"] == pytest.approx(zs_acc, abs=1e-6) and zs_acc > 0.5
+    probs = model(pipe.images_to_tensor(val.sources[:4])).logits.softmax(-1)
+    for row, top in zip(probs, pipe.classify(val.sources[:4], val.classes, templates=templates, top_k=4)):
+        assert {lb: p for lb, p in top} == pytest.approx({lb: float(row[i]) for i, lb in enumerate(val.classes)},
+                                                         abs=1e-5)
+    assert class_embeddings(pipe, val.classes, templates, batch_size=3).allclose(emb, atol=1e-5)
