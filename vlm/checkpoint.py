@@ -40,6 +40,7 @@ class CheckpointMeta:
 
     zero_shot_templates: Optional[list[str]] = None  # prompt templates for zero-shot labels, "{}" = label
     converted_from: Optional[str] = None  # the source of converted weights, e.g. "open_clip:ViT-B-32/openai"
+    trained_by: Optional[str] = None  # the command that trained it, e.g. "vlm probe --model ... --train ..."
     trained_by: Optional[str] = None  # how a classifier head was made, e.g. "vlm probe --model default (wd 0.01)"
 
     def __post_init__(self) -> None:

@@ -6,7 +6,13 @@ a ``TextConfig`` (the contrastive text transformer) and, for CoCa, a
 ("clip": image and text towers only; "coca": plus the caption decoder).
 
 Named architectures live as JSON files in ``vlm/model_configs/``;
-``list_configs()`` lists them and ``get_config(name)`` loads one.
+``list_configs()`` lists them and ``get_config(name)`` loads one. Every dict
+becomes a config through the one typed loader, ``vlm.configio`` (strict keys,
+errors naming the file and the dotted key); ``ModelConfig.validate`` holds every
+rule of a model config once, and ``check_image_size`` the one rule for input
+sizes. ``PreprocessConfig`` is the one description of preprocessing: the model
+config's ``preprocess`` section (without a size: that is ``vision.image_size``)
+and, via ``PreprocessConfig.for_model``, the transform a pipeline runs.
 """
 
 from __future__ import annotations
