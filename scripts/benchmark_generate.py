@@ -46,7 +46,7 @@ SOT, EOT, PAD = 49406, 49407, 0
 def _set_threads(n: int) -> None:
     import torch
 
-    torch.set_num_threads(n)
+    torch.set_num_threads(int(n))
 
 
 # ------------------------------------------------------------------ open_clip worker
