@@ -183,20 +183,32 @@ class Pipeline:
 def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
          image_size: Optional[int] = None) -> Pipeline:
     """Load a shipped model name, a checkpoint directory, or (with the `convert` extras)
-    ``open_clip:ARCH`` / ``hf:NAME``; None means the default model."""
+    ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME``; None means the default model. A classifier
+    (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``."""
     from vlm.images import PreprocessConfig
 
     dev = resolve_device(device)
-    if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:")):
+    if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:", "timm:")):
         from vlm.convert.remote import load_remote
 
         model, tokenizer, directory = load_remote(name_or_dir)
     else:
         from vlm.checkpoint import load_pretrained
+        from vlm.classify.checkpoint import is_classifier_dir, load_classifier
 
         directory = resolve_checkpoint(name_or_dir)
-        model, tokenizer = load_pretrained(directory)
+        if is_classifier_dir(directory):
+            model, tokenizer = load_classifier(directory), None
+        else:
+            model, tokenizer = load_pretrained(directory)
     model = model.to(dev).eval()
+    if getattr(model.cfg, "model_type", "") == "classifier":  # a supervised classifier: its own labels
+        from vlm.classify.pipeline import ClassifierPipeline
+
+        cpipe = ClassifierPipeline(model, PreprocessConfig.for_model(model.cfg), dev, name=str(name_or_dir))
+        if image_size is not None:
+            cpipe.set_image_size(image_size)
+        return cpipe
     extra = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
     pre = PreprocessConfig.for_model(model.cfg)
     pipe = Pipeline(model, tokenizer, pre, dev, name=str(name_or_dir or DEFAULT_MODEL),

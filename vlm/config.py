@@ -34,6 +34,8 @@ class VisionConfig:
     attn_pool_queries: int = 256  # pooler queries: 1 contrastive + (n-1) decoder tokens
     attn_pool_heads: int = 8  # heads of the attentional pooler
     norm_eps: float = 1e-5  # LayerNorm epsilon
+    norm_pre: bool = True  # LayerNorm before the blocks (CLIP's ln_pre); timm / HF ViT classifiers have none
+    patch_bias: bool = False  # a bias in the patch embedding (timm / HF ViT classifiers have one)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class PreprocessSpec:
     resize_mode: str = "shortest"  # "shortest" (resize + center crop), "squash" or "longest"
     interpolation: str = "bicubic"  # resize filter
     crop_rounding: str = "round"  # center-crop offset: "round" (torchvision, open_clip) or "floor" (Hugging Face)
+    crop_pct: float = 1.0  # resize to floor(image_size / crop_pct), then center-crop image_size (timm eval)
 
 
 @dataclass

@@ -18,6 +18,7 @@ inside the functions that build tensors.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -232,6 +233,7 @@ class PreprocessConfig:
     resize_mode: str = "shortest"  # "shortest" | "squash" | "longest"
     interpolation: str = "bicubic"  # "bicubic" | "bilinear"
     crop_rounding: str = "round"  # center-crop offset: "round" (torchvision, open_clip) | "floor" (Hugging Face)
+    crop_pct: float = 1.0  # resize to floor(image_size / crop_pct), then center-crop (timm's eval transform)
 
     def __post_init__(self) -> None:
         self.image_size = int(self.image_size)
@@ -243,6 +245,9 @@ class PreprocessConfig:
             raise ValueError("mean and std must have 3 values (R, G, B)")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        self.crop_pct = float(self.crop_pct)
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.crop_rounding not in ("round", "floor"):
             raise ValueError(f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}")
         if self.interpolation not in INTERPOLATIONS:
@@ -261,7 +266,8 @@ class PreprocessConfig:
         """The eval transform of a ``vlm.config.ModelConfig`` (its preprocess spec at its image size)."""
         spec = model_cfg.preprocess
         return cls(image_size=model_cfg.vision.image_size, mean=tuple(spec.mean), std=tuple(spec.std),
-                   resize_mode=spec.resize_mode, interpolation=spec.interpolation, crop_rounding=spec.crop_rounding)
+                   resize_mode=spec.resize_mode, interpolation=spec.interpolation, crop_rounding=spec.crop_rounding,
+                   crop_pct=getattr(spec, "crop_pct", 1.0))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
@@ -316,14 +322,16 @@ def _pad_center(img: Image.Image, size: int) -> Image.Image:
 
 def _resized_square(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     size = cfg.image_size
+    scale = size if cfg.crop_pct == 1.0 else math.floor(size / cfg.crop_pct)  # timm: floor(size / crop_pct)
     resample = INTERPOLATIONS[cfg.interpolation]
     width, height = img.size
     if cfg.resize_mode == "squash":
-        return _resize(img, (size, size), resample)
+        img = _resize(img, (scale, scale), resample)
+        return img if scale == size else _center_crop(img, size, cfg.crop_rounding)
     if cfg.resize_mode == "longest":
-        img = _resize(img, _longest_side_size(width, height, size), resample)
+        img = _resize(img, _longest_side_size(width, height, scale), resample)
         return _center_crop(img, size, cfg.crop_rounding)
-    img = _resize(img, _shortest_side_size(width, height, size), resample)
+    img = _resize(img, _shortest_side_size(width, height, scale), resample)
     return _center_crop(img, size, cfg.crop_rounding)
 
 

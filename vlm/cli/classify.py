@@ -2,6 +2,9 @@
 
 Each label is embedded through every prompt template; the label embedding is the
 mean of the normalised template embeddings (a prompt ensemble, as in CLIP).
+With ``--model CLASSIFIER`` (a classifier checkpoint, ``timm:NAME``, a
+ViTForImageClassification) no labels are needed: the model's own top-k are
+printed (``--labels`` then restricts the choice to some of its labels).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from vlm.errors import UsageError
 def build_parser() -> Parser:
     p = Parser(prog="vlm classify", description="Zero-shot classify images with text labels.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    labels = p.add_mutually_exclusive_group(required=True)
-    labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,car"')
+    labels = p.add_mutually_exclusive_group(required=False)  # a classifier checkpoint has its own
+    labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,car" (not needed with a classifier)')
     labels.add_argument("--labels-file", metavar="F", help="a file with one label per line")
     p.add_argument("--template", action="append", default=None, metavar="T",
                    help='prompt template with {} for the label; repeat for an ensemble (default: the model\'s)')
@@ -48,10 +51,17 @@ def read_labels(args) -> list[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    labels = read_labels(args)
+    labels = read_labels(args) if args.labels is not None or args.labels_file is not None else None
     if args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: must be at least 1")
     pipe = load_pipeline(args)
+    if getattr(pipe, "is_classifier", False):
+        from vlm.cli.classify_head import classify_with_head
+
+        return classify_with_head(pipe, args, labels)
+    if labels is None:
+        raise UsageError("--labels or --labels-file is required: a zero-shot model has no labels of its own "
+                         "(only a classifier checkpoint does)")
     label_embeds = pipe.label_embeddings(labels, args.template)
     out = Reporter(args.json)
     for batch in iter_batches(args.inputs, args.batch_size):

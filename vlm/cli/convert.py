@@ -3,6 +3,10 @@
     vlm convert open_clip open_clip_pytorch_model.bin --arch coca_ViT-B-32 --out ckpt/coca_b32
     vlm convert open_clip laion2b_s34b_b79k --arch ViT-B-32 --out ckpt/clip_b32   # a tag: needs the Hub
     vlm convert hf ./clip-vit-base-patch32 --out ckpt/hf_b32
+    vlm convert timm ./vit_base_patch16_224 --out ckpt/vit_b16      # a timm ViT classifier
+
+A timm ViT or a transformers ViTForImageClassification becomes a classifier
+checkpoint (vlm.classify), used by ``vlm classify --model DIR`` without labels.
 
 The output is an ordinary checkpoint (config.json + model.safetensors + tokenizer
 files, written by ``vlm.checkpoint.save_pretrained``), usable with ``--model DIR``
@@ -25,7 +29,7 @@ def build_parser() -> Parser:
     from vlm.convert.open_clip import QUICKGELU_SUFFIX, SUPPORTED_ARCHS
 
     p = Parser(prog="vlm convert", description="Import open_clip or Hugging Face CLIP/CoCa weights.")
-    sub = p.add_subparsers(dest="source", metavar="{open_clip,hf}", parser_class=Parser)
+    sub = p.add_subparsers(dest="source", metavar="{open_clip,hf,timm}", parser_class=Parser)
     sub.required = True
     oc = sub.add_parser("open_clip", help="an open_clip checkpoint file (or pretrained tag)",
                         description="Convert an open_clip checkpoint file, a directory holding one, or a "
@@ -42,7 +46,11 @@ def build_parser() -> Parser:
                         description="Convert a Hugging Face transformers CLIPModel directory (config.json, "
                                     "weights, vocab.json + merges.txt, preprocessor_config.json), or a Hub id.")
     hf.add_argument("directory", metavar="DIR", help="the model directory (or a Hub id when online)")
-    for q in (oc, hf):
+    tm = sub.add_parser("timm", help="a timm ViT classifier directory (config.json + model.safetensors)",
+                        description="Convert a timm Vision Transformer classifier (the Hub layout: config.json with "
+                                    "pretrained_cfg, model.safetensors), or a timm model name when online.")
+    tm.add_argument("directory", metavar="PATH", help="the timm model directory (or a timm model name when online)")
+    for q in (oc, hf, tm):
         q.add_argument("--out", required=True, metavar="DIR", help="the vlm checkpoint directory to write")
         q.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype on disk")
         q.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
@@ -79,6 +87,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         source = f"open_clip:{args.arch}@{args.checkpoint}" + (f" (tag {args.tag})" if args.tag else "")
         model, tokenizer, _ = load_open_clip(f"{args.arch}@{args.checkpoint}", tag=args.tag)
         _note_preprocessing(args)
+    elif args.source == "timm":
+        from vlm.convert.timm import load_timm
+
+        source = f"timm:{args.directory}"
+        model, tokenizer = load_timm(args.directory), None
     else:
         from vlm.convert.remote import load_hf
 
@@ -86,6 +99,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         model, tokenizer, _ = load_hf(args.directory)
 
     import torch
+
+    if getattr(model.cfg, "model_type", "") == "classifier":
+        from vlm.classify.checkpoint import load_classifier, save_classifier
+
+        save_classifier(model, out, dtype=getattr(torch, args.dtype), extra={"converted_from": source})
+        cfg = load_classifier(out).cfg  # the directory must load as a normal classifier checkpoint
+        print(f"wrote {out}: classifier (ViT {cfg.vision.width}x{cfg.vision.layers}, patch {cfg.vision.patch_size}, "
+              f"{cfg.vision.image_size}px; {cfg.num_classes} labels: {', '.join(cfg.labels[:3])}, ...), "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, preprocess "
+              f"{cfg.preprocess.resize_mode}/{cfg.preprocess.interpolation} crop_pct {cfg.preprocess.crop_pct}")
+        return 0
 
     from vlm.checkpoint import load_pretrained, save_pretrained
 

@@ -250,7 +250,9 @@ def tokenizer_from_hf(directory, context_length: int):
 
 
 def convert_hf_dir(directory) -> tuple[Any, Any]:
-    """(model, tokenizer) from a transformers CLIPModel directory; the model is in eval mode."""
+    """(model, tokenizer) from a transformers CLIPModel directory; the model is in eval mode.
+
+    A ViTForImageClassification directory gives (ImageClassifier, None) (``vlm.convert.hf_vit``)."""
     from vlm.checkpoint import load_weights
     from vlm.convert.state_io import load_state_file
     from vlm.model import CLIP
@@ -259,6 +261,10 @@ def convert_hf_dir(directory) -> tuple[Any, Any]:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such directory")
     hf = _read_json(directory / "config.json")
+    from vlm.convert.hf_vit import convert_hf_vit_dir, is_hf_vit_config
+
+    if is_hf_vit_config(hf):
+        return convert_hf_vit_dir(directory, hf), None
     cfg = config_from_hf(hf, source=directory / "config.json")
     pp_path = directory / "preprocessor_config.json"
     if pp_path.is_file():

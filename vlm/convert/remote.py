@@ -38,7 +38,11 @@ def load_remote(name: str):
         return load_open_clip(name[len("open_clip:"):])
     if name.startswith("hf:"):
         return load_hf(name[len("hf:"):])
-    raise ModelError(f"{name}: not an open_clip: or hf: model name")
+    if name.startswith("timm:"):  # a supervised ViT classifier (vlm.convert.timm)
+        from vlm.convert.timm import load_timm
+
+        return load_timm(name[len("timm:"):]), None, None
+    raise ModelError(f"{name}: not an open_clip:, hf: or timm: model name")
 
 
 # ------------------------------------------------------------------------ network

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from vlm.layers import Attention, Transformer
 
 @dataclass
 class VisionOutput:
-    pooled: Tensor  # (B, embed_dim) projected, not normalised
+    pooled: Tensor  # (B, embed_dim) projected, not normalised (no projection: the pooled feature)
     tokens: Tensor  # (B, N, token_dim) the tokens the caption decoder cross-attends to
 
 
@@ -65,18 +66,21 @@ class AttentionalPooler(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, cfg: VisionConfig, embed_dim: int):
+    """``embed_dim=None``: no contrastive projection (a supervised classifier's backbone)."""
+
+    def __init__(self, cfg: VisionConfig, embed_dim: Optional[int]):
         super().__init__()
         self.cfg = cfg
         W, P = cfg.width, cfg.patch_size
         self.grid = cfg.image_size // P
         self.num_prefix = 1 if cfg.cls_token else 0
-        self.patch_embed = nn.Conv2d(3, W, kernel_size=P, stride=P, bias=False)
+        self.patch_embed = nn.Conv2d(3, W, kernel_size=P, stride=P, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.randn(W) * 0.02) if cfg.cls_token else None
         self.pos_embed = nn.Parameter(torch.randn(self.num_prefix + self.grid**2, W) * 0.01)
-        self.norm_pre = nn.LayerNorm(W, eps=cfg.norm_eps)
+        self.norm_pre = nn.LayerNorm(W, eps=cfg.norm_eps) if cfg.norm_pre else nn.Identity()
         self.transformer = Transformer(W, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.norm_eps)
         if cfg.pool == "attn":
+            assert embed_dim is not None, "the attentional pooler works at the embedding width"
             self.attn_pool = AttentionalPooler(embed_dim, W, cfg.attn_pool_heads, cfg.attn_pool_queries,
                                                cfg.norm_eps)
             pool_dim = embed_dim
@@ -84,7 +88,7 @@ class VisionTransformer(nn.Module):
             self.attn_pool = None
             pool_dim = W
         self.norm_post = nn.LayerNorm(pool_dim, eps=cfg.norm_eps)
-        self.proj = nn.Linear(pool_dim, embed_dim, bias=False)
+        self.proj = nn.Linear(pool_dim, embed_dim, bias=False) if embed_dim is not None else nn.Identity()
         self.token_dim = pool_dim
         self._pos_cache: dict = {}
 
@@ -126,13 +130,16 @@ class VisionTransformer(nn.Module):
         x = self.norm_pre(x)
         return self.transformer(x)
 
-    def forward_head(self, x: Tensor) -> VisionOutput:
+    def pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Transformer output -> (pooled feature before the projection (B, token_dim), tokens)."""
         if self.attn_pool is not None:
             x = self.norm_post(self.attn_pool(x))  # (B, n_queries, embed_dim)
-            pooled, tokens = x[:, 0], x[:, 1:]
-        else:
-            x = self.norm_post(x)
-            pooled, tokens = x[:, 0], x[:, self.num_prefix:]
+            return x[:, 0], x[:, 1:]
+        x = self.norm_post(x)
+        return x[:, 0], x[:, self.num_prefix:]
+
+    def forward_head(self, x: Tensor) -> VisionOutput:
+        pooled, tokens = self.pool(x)
         return VisionOutput(pooled=self.proj(pooled), tokens=tokens)
 
     def forward(self, images: Tensor) -> VisionOutput:
