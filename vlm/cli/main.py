@@ -3,7 +3,7 @@
     vlm caption IMAGE_OR_DIR... [--model M] [--beams N] [--json]
     vlm classify IMAGE_OR_DIR... --labels "cat,dog" [--template T]... [--top-k K]
     vlm similarity --images IMG... --texts TEXT... [--plot FILE.png]
-    vlm models | vlm data shapes | vlm evaluate | vlm convert | vlm explain
+    vlm models | vlm data shapes | vlm evaluate | vlm convert | vlm explain | vlm export
     vlm index SRC... --out INDEX | vlm search INDEX --text T | vlm serve INDEX
 
 Exit status: 0 every input succeeded, 1 some inputs failed, 2 usage or model error.
@@ -25,6 +25,7 @@ COMMANDS = {
     "evaluate": ("vlm.cli.evaluate", "captioning, retrieval and zero-shot metrics on a dataset"),
     "convert": ("vlm.cli.convert", "import open_clip or Hugging Face CLIP/CoCa weights"),
     "explain": ("vlm.cli.explain", "figures of what the ViT learned"),
+    "export": ("vlm.cli.export", "write a model as ONNX, a transformers CLIPModel or an open_clip checkpoint"),
     "index": ("vlm.cli.index", "embed images into a searchable index (incremental)"),
     "search": ("vlm.cli.search", "search an index with text or an image"),
     "serve": ("vlm.cli.serve", "web page and JSON API over an index"),
