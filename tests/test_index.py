@@ -343,3 +343,17 @@ def test_dataset_sources_coco_file_karpathy_parquet_and_imagefolder(shapes, tmp_
     assert idx.rows["caption"][row0] == caps[files[0]][0] and idx.rows["width"][row0] == 64
     vec = _vectors(idx)
     assert np.allclose(vec[row0], vec[idx.row(files[0])], atol=1e-5)  # same image, same vector
+
+
+def test_captions_generated_for_images_without_one(shapes, tmp_path):
+    import vlm
+    import vlm.index
+
+    pipe = vlm.load()
+    photos = _folder(shapes, tmp_path / "photos", 3)
+    vlm.index.build([photos], tmp_path / "plain", pipeline=pipe, workers=0)
+    assert vlm.index.open(tmp_path / "plain").rows["caption"] == [None, None, None]
+    vlm.index.build([photos], tmp_path / "captioned", pipeline=pipe, workers=0, captions=True)
+    idx = vlm.index.open(tmp_path / "captioned")
+    expected = pipe.caption([Path(p) for p in idx.paths])
+    assert idx.rows["caption"] == expected and all(c.strip() for c in expected)
