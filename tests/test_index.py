@@ -294,3 +294,66 @@ def test_approximate_index_recall_on_held_out_queries():
     recall = np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth)])
     assert recall >= 0.95, (recall, info)
     assert ann.choose(n, d, memory_budget=n * d * 2) == "ivfpq"  # raw vectors over the budget
+
+
+def test_dataset_sources_coco_file_karpathy_parquet_and_imagefolder(shapes, tmp_path):
+    """The dataset kinds training reads, through the project's readers, with their captions."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import vlm
+    import vlm.index
+
+    pipe = vlm.load()
+    caps = _captions(shapes)
+    files = sorted(caps)[:6]
+    # Karpathy root: dataset_coco.json + the folder its filepath entries name
+    kroot = tmp_path / "karpathy"
+    (kroot / "val2014").mkdir(parents=True)
+    entries = []
+    for n, f in enumerate(files):
+        shutil.copy(f, kroot / "val2014" / Path(f).name)
+        entries.append({"filepath": "val2014", "filename": Path(f).name, "cocoid": n, "imgid": n,
+                        "split": ("train", "val", "test")[n % 3], "sentences": [{"raw": caps[f][0]}]})
+    (kroot / "dataset_coco.json").write_text(json.dumps({"images": entries}))
+    # parquet: image structs with bytes, and a caption column
+    table = pa.table({"image": [{"bytes": Path(f).read_bytes(), "path": None} for f in files[:4]] +
+                      [{"bytes": b"broken", "path": None}],
+                      "caption": [caps[f][0] for f in files[:4]] + ["a broken row"]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    # an imagefolder with metadata.jsonl
+    folder = tmp_path / "imagefolder"
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as out:
+        for f in files[:3]:
+            shutil.copy(f, folder / Path(f).name)
+            out.write(json.dumps({"file_name": Path(f).name, "text": caps[f][0]}) + "\n")
+    report = vlm.index.build([shapes / "annotations" / "captions.json", kroot, tmp_path / "rows.parquet", folder],
+                             tmp_path / "idx", pipeline=pipe, workers=0)
+    assert report.count == 200 + 6 + 4 + 3 and report.skipped == [f"{(tmp_path / 'rows.parquet').resolve()}[4]: "
+                                                                  "row has no decodable image"]
+    idx = vlm.index.open(tmp_path / "idx")
+    for f in files[:3]:
+        for where in (Path(f), kroot / "val2014" / Path(f).name, folder / Path(f).name):
+            n = idx.row(str(where.resolve()))
+            assert n is not None and idx.rows["caption"][n] == caps[f][0], where
+    row0 = idx.row(f"{(tmp_path / 'rows.parquet').resolve()}[0]")
+    assert idx.rows["caption"][row0] == caps[files[0]][0] and idx.rows["width"][row0] == 64
+    vec = _vectors(idx)
+    assert np.allclose(vec[row0], vec[idx.row(files[0])], atol=1e-5)  # same image, same vector
+
+
+def test_captions_generated_for_images_without_one(shapes, tmp_path):
+    import vlm
+    import vlm.index
+
+    pipe = vlm.load()
+    photos = _folder(shapes, tmp_path / "photos", 3)
+    vlm.index.build([photos], tmp_path / "plain", pipeline=pipe, workers=0)
+    assert vlm.index.open(tmp_path / "plain").rows["caption"] == [None, None, None]
+    vlm.index.build([photos], tmp_path / "captioned", pipeline=pipe, workers=0, captions=True)
+    idx = vlm.index.open(tmp_path / "captioned")
+    expected = pipe.caption([Path(p) for p in idx.paths])
+    assert idx.rows["caption"] == expected and all(c.strip() for c in expected)

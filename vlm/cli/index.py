@@ -34,6 +34,8 @@ def build_parser() -> Parser:
                    help="faiss index (auto: exact up to 100k vectors, else IVF within --memory-budget)")
     p.add_argument("--memory-budget", type=float, default=8.0, metavar="GIB",
                    help="RAM the faiss index may take, in GiB (default 8)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="image tower precision (bf16: autocast; fast on CPUs with AMX/AVX-512 BF16 and on GPUs)")
     p.add_argument("--shard-size", type=int, default=4096, metavar="N", help="embeddings per shard file")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return p
@@ -48,6 +50,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = build(args.sources, args.out, args.model, batch_size=args.batch_size, device=args.device,
                    workers=args.workers, captions=args.captions, index_type=args.index_type,
                    memory_budget=int(args.memory_budget * (1 << 30)), shard_size=args.shard_size,
+                   precision=args.precision,
                    progress=sys.stderr.isatty())
     if not _Dist().is_main:
         return 0

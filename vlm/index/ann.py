@@ -46,9 +46,7 @@ def _pq_bytes(n: int, dim: int, budget: int) -> int:
 def _exact_neighbours(vectors: np.ndarray, queries: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     import faiss
 
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(vectors)
-    _, nn = flat.search(queries, k + 1)
+    _, nn = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)  # no copy of the vectors
     return _drop_self(nn, ids, k)
 
 

@@ -30,6 +30,7 @@ from vlm.index.store import (Shard, committed_shards, read_table, remove_partial
                              write_table)
 
 FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "bf16")  # bf16: the image tower under autocast (CPUs with AMX / AVX-512 BF16, GPUs)
 
 
 @dataclass
@@ -129,7 +130,8 @@ def _check_model(out: Path, name: str, fp: str, dist: _Dist) -> None:
 def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] = None, *,
           batch_size: int = 32, device: Optional[str] = None, workers: Optional[int] = None,
           captions: bool = False, index_type: str = "auto", memory_budget: int = ann.DEFAULT_BUDGET,
-          shard_size: int = 4096, progress: bool = False, pipeline=None) -> BuildReport:
+          shard_size: int = 4096, progress: bool = False, precision: str = "fp32",
+          pipeline=None) -> BuildReport:
     """Index ``sources`` into ``out`` (see the module docstring). UsageError when no source has
     an image or an option is out of range; ModelError when ``out`` was built with other weights."""
     if batch_size < 1:
@@ -138,6 +140,8 @@ def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] =
         raise UsageError(f"shard size {shard_size}: must be at least 1")
     if index_type not in ann.INDEX_TYPES:
         raise UsageError(f"index type {index_type!r}: must be one of {', '.join(ann.INDEX_TYPES)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
     if workers is not None and workers < 0:
         raise UsageError(f"workers {workers}: must be 0 or more")
     from vlm.index.sources import gather
@@ -177,20 +181,22 @@ def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] =
     mine = todo[dist.rank::dist.world]
     writer = ShardWriter(shard_dir(out), f"g{gen:05d}-r{dist.rank:03d}", shard_size)
     bad, seconds = embed_records(pipeline, mine, gathered.datasets, writer, batch_size,
-                                 workers if len(mine) > batch_size else 0, captions, progress and dist.is_main)
+                                 workers if len(mine) > batch_size else 0, captions, progress and dist.is_main,
+                                 precision)
     bad = dist.gather(bad)
     dist.barrier()
     report = BuildReport(count=0, embedded=len(todo) - len(bad), reused=len(live), skipped=sorted(bad),
                          source_errors=gathered.errors, seconds=seconds)
     if dist.is_main:
-        report.count, report.index = _commit(out, current, name, fp, index_type, memory_budget)
+        report.count, report.index = _commit(out, current, name, fp, index_type, memory_budget, precision)
     else:
         report.count = len(live) + report.embedded
     dist.barrier()
     return report
 
 
-def _commit(out: Path, current: dict, name: str, fp: str, index_type: str, budget: int) -> tuple[int, dict]:
+def _commit(out: Path, current: dict, name: str, fp: str, index_type: str, budget: int,
+            precision: str) -> tuple[int, dict]:
     """Write rows, faiss index and index.json for every live row; delete shards nobody uses."""
     live = _live_rows(out, current)
     keys = sorted(live)
@@ -230,6 +236,7 @@ def _commit(out: Path, current: dict, name: str, fp: str, index_type: str, budge
     atomic_write(out / index_name, lambda f: f.write(data))
     write_json(out / "index.json", {
         "format": FORMAT_VERSION, "model": name, "fingerprint": fp, "dim": int(dim), "count": len(keys),
+        "precision": precision,
         "metric": "inner_product (cosine: vectors are L2-normalised)", "index": info,
         "rows": rows_name, "faiss": index_name, "shards": sorted(by_shard),
     })

@@ -122,7 +122,8 @@ class ShardWriter:
 
 
 def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: ShardWriter, batch_size: int,
-                  workers: int, captions: bool = False, progress: bool = False) -> tuple[list[str], float]:
+                  workers: int, captions: bool = False, progress: bool = False,
+                  precision: str = "fp32") -> tuple[list[str], float]:
     """Embed ``records`` into shards; (["PATH: reason" per unreadable image], seconds)."""
     loader = torch.utils.data.DataLoader(
         ImageRecords(records, datasets, pipe.preprocess_cfg), batch_size=batch_size, num_workers=workers,
@@ -141,7 +142,10 @@ def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: Shard
             bad += [f"{records[i].key}: {reason}" for i, reason in batch["errors"]]
             if batch["x"] is not None:
                 x = batch["x"].to(pipe.device)
-                vectors = pipe.model.encode_image(x).float().cpu().numpy()  # (B, E) L2-normalised
+                with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    emb = pipe.model.encode_image(x, normalize=False)
+                emb = torch.nn.functional.normalize(emb.float(), dim=-1)  # normalised in float32
+                vectors = emb.cpu().numpy()  # (B, E)
                 texts = _captions(pipe, x, gen_cfg) if gen_cfg is not None else [None] * len(vectors)
                 rows = []
                 for (i, w, h), text in zip(batch["ok"], texts):
