@@ -121,12 +121,12 @@ def preprocessing_parity() -> dict:
     images = [Image.effect_noise(s, 60).convert("RGB") for s in sizes]
     oc = open_clip.image_transform(224, is_train=False)
     hf = transformers.CLIPImageProcessorPil()
-    res = {"open_clip (round crop)": max(_d(preprocess(im, PreprocessConfig()), oc(im)) for im in images),
+    res = {"open_clip (round crop)": max(_d(preprocess(im, PreprocessConfig(image_size=224)), oc(im)) for im in images),
            "transformers CLIPImageProcessorPil (floor crop)": max(
-               _d(preprocess(im, PreprocessConfig(crop_rounding="floor")), hf(im, return_tensors="pt").pixel_values[0])
+               _d(preprocess(im, PreprocessConfig(image_size=224, crop_rounding="floor")), hf(im, return_tensors="pt").pixel_values[0])
                for im in images),
            "transformers CLIPImageProcessor (torchvision backend, floor crop)": max(
-               _d(preprocess(im, PreprocessConfig(crop_rounding="floor")),
+               _d(preprocess(im, PreprocessConfig(image_size=224, crop_rounding="floor")),
                   transformers.CLIPImageProcessor()(im, return_tensors="pt").pixel_values[0]) for im in images),
            "image sizes": [list(s) for s in sizes]}
     return res

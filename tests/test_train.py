@@ -245,7 +245,7 @@ def test_two_process_run_resumes_on_the_same_trajectory(shapes, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_config_loads(name):
-    from vlm.training.init import model_config
+    from vlm.training.model_setup import model_config
 
     cfg = load_train_config(str(ROOT / "configs" / name))
     assert model_config(cfg).vision.image_size > 0
@@ -318,7 +318,7 @@ def test_bad_config_is_one_line(tmp_path, capsys):
     ("steps=1.5", "steps=1.5: expected a whole number"),
     ("warmup_steps=-5", "warmup_steps=-5: must be >= 0"),
     ("grad_checkpointing=maybe", "grad_checkpointing='maybe': expected true or false"),
-    ("model.vision.width=abc", "model.vision.width='abc': expected int"),
+    ("model.vision.width=abc", "model.vision.width='abc': expected a whole number"),
     ("output_dir=FILE", "exists and is not a directory"),
 ])
 def test_bad_training_values_are_one_line(shapes, tmp_path, capsys, override, words):
@@ -396,7 +396,7 @@ def test_config_overrides_and_decay_rule():
 
 
 def test_sincos_position_init():
-    from vlm.training.init import build_model, sincos_2d
+    from vlm.training.model_setup import build_model, sincos_2d
 
     codes = sincos_2d(4, 8)  # (16, 8)
     assert codes.shape == (16, 8)

@@ -11,7 +11,7 @@ Images may be paths or PIL images; keyword arguments are named like the flags.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -85,11 +85,16 @@ class Pipeline:
         return self.preprocess_cfg.image_size
 
     def set_image_size(self, size: int) -> None:
-        """Run at another resolution: same patches, bicubically resized position embeddings."""
+        """Take ``size`` x ``size`` inputs from now on: same patches, the position embeddings resized
+        bicubically on the fly (the model's own stored size, ``model.cfg``, is left as trained)."""
+        from vlm.config import check_image_size
+
         patch = self.model.cfg.vision.patch_size
-        if size < patch or size % patch:
-            raise UsageError(f"--image-size {size}: must be a positive multiple of the patch size {patch}")
-        self.preprocess_cfg.image_size = size
+        try:
+            check_image_size(size, patch)
+        except ValueError:
+            raise UsageError(f"--image-size {size}: must be a positive multiple of the patch size {patch}") from None
+        self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
 
     # -- encoding ---------------------------------------------------------------------------
     def images_to_tensor(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -185,6 +190,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
     """Load a shipped model name, a checkpoint directory, or (with the `convert` extras)
     ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME``; None means the default model. A classifier
     (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``."""
+    from vlm.checkpoint import CheckpointMeta, load_checkpoint, read_config
     from vlm.images import PreprocessConfig
 
     dev = resolve_device(device)
@@ -192,15 +198,17 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
         from vlm.convert.remote import load_remote
 
         model, tokenizer, directory = load_remote(name_or_dir)
+        classifier = getattr(model.cfg, "model_type", "") == "classifier"
+        meta = read_config(directory)[1] if directory and not classifier else CheckpointMeta()
     else:
-        from vlm.checkpoint import load_pretrained
         from vlm.classify.checkpoint import is_classifier_dir, load_classifier
 
         directory = resolve_checkpoint(name_or_dir)
         if is_classifier_dir(directory):
-            model, tokenizer = load_classifier(directory), None
+            model, tokenizer, meta = load_classifier(directory), None, CheckpointMeta()
         else:
-            model, tokenizer = load_pretrained(directory)
+            ckpt = load_checkpoint(directory)
+            model, tokenizer, meta = ckpt.model, ckpt.tokenizer, ckpt.meta
     model = model.to(dev).eval()
     if getattr(model.cfg, "model_type", "") == "classifier":  # a supervised classifier: its own labels
         from vlm.classify.pipeline import ClassifierPipeline
@@ -209,10 +217,9 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None,
         if image_size is not None:
             cpipe.set_image_size(image_size)
         return cpipe
-    extra = json.loads((Path(directory) / "config.json").read_text()) if directory else {}
     pre = PreprocessConfig.for_model(model.cfg)
     pipe = Pipeline(model, tokenizer, pre, dev, name=str(name_or_dir or DEFAULT_MODEL),
-                    templates=extra.get("zero_shot_templates") or DEFAULT_TEMPLATES)
+                    templates=meta.zero_shot_templates or DEFAULT_TEMPLATES)
     if image_size is not None:
         pipe.set_image_size(image_size)
     return pipe

@@ -3,22 +3,60 @@
 ``save_pretrained`` / ``load_pretrained`` in the style of Hugging Face's
 ``save_pretrained`` / ``from_pretrained``. Loading never unpickles: weights come
 from safetensors only. Every failure is a ``CheckpointError`` whose message
-names the directory and the reason.
+names the directory (or file) and the reason.
+
+``config.json`` holds ``vlm_version``, the ``ModelConfig`` fields and, under
+``metadata``, what is about the checkpoint rather than the architecture
+(``CheckpointMeta``: zero-shot templates, the source it was converted from).
+It is read by the one config loader (``vlm.configio``): an unknown key or a
+value of the wrong type is refused naming the file and the key. Checkpoints
+written before the ``metadata`` key (metadata keys at the top level, e.g. the
+shipped default model) are read as well; saving writes the new layout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from vlm.config import ModelConfig
+from vlm import configio
+from vlm.config import IGNORED_KEYS, ModelConfig
 from vlm.errors import CheckpointError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+META_KEY = "metadata"
+CLIP_VOCAB_SIZE = 49408  # CLIP BPE (vlm.tokenizers.clip_bpe), without importing it
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint says about itself, beside its architecture (config.json's ``metadata``)."""
+
+    zero_shot_templates: Optional[list[str]] = None  # prompt templates for zero-shot labels, "{}" = label
+    converted_from: Optional[str] = None  # the source of converted weights, e.g. "open_clip:ViT-B-32/openai"
+
+    def __post_init__(self) -> None:
+        for t in self.zero_shot_templates or ():
+            if "{}" not in t:
+                raise ValueError(f"zero_shot_templates: {t!r} has no {{}} where the label goes")
+
+
+CHECKPOINT_META_KEYS = tuple(f.name for f in dataclasses.fields(CheckpointMeta))  # top level in old checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode), its tokenizer and its metadata."""
+
+    model: Any
+    tokenizer: Any
+    meta: CheckpointMeta
 
 
 def save_pretrained(model, directory, tokenizer=None, dtype: Optional[torch.dtype] = None,
@@ -27,8 +65,14 @@ def save_pretrained(model, directory, tokenizer=None, dtype: Optional[torch.dtyp
     from safetensors.torch import save_file
 
     out = Path(directory)
+    meta = configio.from_dict(CheckpointMeta, dict(extra or {}), "save_pretrained(extra=...)")
     out.mkdir(parents=True, exist_ok=True)
-    config = {"vlm_version": _version(), **model.cfg.to_dict(), **(extra or {})}
+    config = {"vlm_version": _version(), **model.cfg.to_dict()}
+    if tokenizer is not None:  # the record names the tokenizer files written beside it
+        config["tokenizer"] = tokenizer.type_name
+    meta_dict = {k: v for k, v in configio.to_dict(meta).items() if v is not None}
+    if meta_dict:
+        config[META_KEY] = meta_dict
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
@@ -39,6 +83,12 @@ def save_pretrained(model, directory, tokenizer=None, dtype: Optional[torch.dtyp
 
 
 def load_config(directory) -> ModelConfig:
+    """The model config of a checkpoint directory (``CheckpointError`` naming config.json and the key)."""
+    return read_config(directory)[0]
+
+
+def read_config(directory) -> tuple[ModelConfig, CheckpointMeta]:
+    """(model config, metadata) of a checkpoint directory, old layout or new."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a vlm checkpoint (no {CONFIG_NAME})")
@@ -46,12 +96,22 @@ def load_config(directory) -> ModelConfig:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable config ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: invalid model config (expected a mapping of keys to values)")
     raw.pop("vlm_version", None)
-    raw = {k: v for k, v in raw.items() if k in ModelConfig.__dataclass_fields__}
+    meta_raw = raw.pop(META_KEY, {})
+    if not isinstance(meta_raw, dict):
+        raise CheckpointError(f"{path}: {META_KEY}={meta_raw!r}: expected a mapping of keys to values")
+    meta_raw = dict(meta_raw)
+    for name in [f.name for f in dataclasses.fields(CheckpointMeta)]:  # the layout before "metadata"
+        if name in raw:
+            meta_raw.setdefault(name, raw.pop(name))
     try:
-        return ModelConfig.from_dict(raw)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid model config ({e})") from None
+        cfg = configio.from_dict(ModelConfig, raw, str(path), ignore=IGNORED_KEYS)
+        meta = configio.from_dict(CheckpointMeta, meta_raw, str(path), prefix=f"{META_KEY}.")
+    except configio.ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    return cfg, meta
 
 
 def load_state_dict(path) -> dict[str, torch.Tensor]:
@@ -88,31 +148,60 @@ def load_weights(model, state: dict[str, torch.Tensor], source) -> None:
 
 def load_pretrained(directory, device: Optional[str] = None):
     """Load (model, tokenizer) from a checkpoint directory; the model is in eval mode."""
+    ckpt = load_checkpoint(directory, device)
+    return ckpt.model, ckpt.tokenizer
+
+
+def load_checkpoint(directory, device: Optional[str] = None) -> Checkpoint:
+    """Load model (eval mode), tokenizer and metadata from a checkpoint directory."""
     from vlm.model import create_model
 
     directory = Path(directory)
-    cfg = load_config(directory)
+    cfg, meta = read_config(directory)
     model = create_model(cfg, init=False)  # every weight comes from the file
     load_weights(model, load_state_dict(directory / WEIGHTS_NAME), directory)
     tokenizer = load_checkpoint_tokenizer(directory, cfg)
     if device is not None:
         model = model.to(device)
-    return model.eval(), tokenizer
+    return Checkpoint(model.eval(), tokenizer, meta)
 
 
 def load_checkpoint_tokenizer(directory, cfg: ModelConfig):
+    """The checkpoint's tokenizer: its saved files, or for a CLIP-vocabulary checkpoint saved
+    without them (``tokenizer: clip_bpe``) the CLIP BPE merges of the installed open_clip package.
+
+    Every problem is one ``CheckpointError`` naming the missing or bad file; a vocabulary larger
+    than the model's embedding table is refused here rather than failing at the first lookup.
+    """
+    from vlm.tokenizers import CONFIG_NAME as TOKENIZER_CONFIG
     from vlm.tokenizers import load_tokenizer
 
-    try:
-        return load_tokenizer(directory)
-    except FileNotFoundError:
-        if cfg.tokenizer == "clip_bpe":  # a CLIP-vocabulary checkpoint saved without its files
-            from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
+    directory = Path(directory)
+    sizes = [cfg.text.vocab_size] + ([cfg.decoder.vocab_size] if cfg.decoder is not None else [])
+    if not (directory / TOKENIZER_CONFIG).is_file():
+        if cfg.tokenizer != "clip_bpe":
+            raise CheckpointError(f"{directory}: no tokenizer files (no {TOKENIZER_CONFIG}; "
+                                  f"{CONFIG_NAME} says tokenizer={cfg.tokenizer})")
+        if min(sizes) < CLIP_VOCAB_SIZE:
+            raise CheckpointError(f"{directory}: no tokenizer files (no {TOKENIZER_CONFIG}), and the CLIP BPE "
+                                  f"vocabulary ({CLIP_VOCAB_SIZE} tokens) does not fit the model's "
+                                  f"{min(sizes)} tokens")
+        from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
+        try:
             return CLIPBPETokenizer(context_length=cfg.text.context_length)
-        raise CheckpointError(f"{directory}: no tokenizer files (tokenizer_config.json)") from None
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{directory}: no tokenizer files (no {TOKENIZER_CONFIG}), and {e}") from None
+    try:
+        tok = load_tokenizer(directory)
+    except FileNotFoundError as e:  # a file tokenizer_config.json names, e.g. spm.model
+        raise CheckpointError(str(e).splitlines()[0]) from None
     except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{directory}: unreadable tokenizer ({e})") from None
+        raise CheckpointError(f"{directory}: unreadable tokenizer ({str(e).splitlines()[0]})") from None
+    if tok.vocab_size > min(sizes):
+        raise CheckpointError(f"{directory}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
+                              f"vocabulary of {min(sizes)}")
+    return tok
 
 
 def _version() -> str:

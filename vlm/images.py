@@ -24,11 +24,13 @@ import re
 import struct
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# The one preprocessing dataclass is the model config's preprocess section (vlm.config).
+from vlm.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESIZE_MODES, PreprocessConfig  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -49,11 +51,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 )
 
-OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-RESIZE_MODES = ("shortest", "squash", "longest")
-INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -223,58 +221,6 @@ def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[ImageLoadErro
 # ----------------------------------------------------------------------------- preprocessing
 
 
-@dataclass
-class PreprocessConfig:
-    """How an image becomes a model input tensor (matches open_clip's eval transform)."""
-
-    image_size: int = 224
-    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-    std: tuple[float, float, float] = OPENAI_CLIP_STD
-    resize_mode: str = "shortest"  # "shortest" | "squash" | "longest"
-    interpolation: str = "bicubic"  # "bicubic" | "bilinear"
-    crop_rounding: str = "round"  # center-crop offset: "round" (torchvision, open_clip) | "floor" (Hugging Face)
-    crop_pct: float = 1.0  # resize to floor(image_size / crop_pct), then center-crop (timm's eval transform)
-
-    def __post_init__(self) -> None:
-        self.image_size = int(self.image_size)
-        self.mean = tuple(float(x) for x in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(x) for x in self.std)  # type: ignore[assignment]
-        if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std must have 3 values (R, G, B)")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        self.crop_pct = float(self.crop_pct)
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
-        if self.crop_rounding not in ("round", "floor"):
-            raise ValueError(f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"] = list(self.mean)
-        d["std"] = list(self.std)
-        return d
-
-    @classmethod
-    def for_model(cls, model_cfg) -> "PreprocessConfig":
-        """The eval transform of a ``vlm.config.ModelConfig`` (its preprocess spec at its image size)."""
-        spec = model_cfg.preprocess
-        return cls(image_size=model_cfg.vision.image_size, mean=tuple(spec.mean), std=tuple(spec.std),
-                   resize_mode=spec.resize_mode, interpolation=spec.interpolation, crop_rounding=spec.crop_rounding,
-                   crop_pct=getattr(spec, "crop_pct", 1.0))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
 def _shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(w, h) after scaling the shorter side to ``size``; long side truncated like torchvision."""
     if width <= height:
@@ -320,10 +266,17 @@ def _pad_center(img: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
+def _size(cfg: PreprocessConfig) -> int:
+    if cfg.image_size is None:
+        raise ValueError("PreprocessConfig.image_size is not set: build it with PreprocessConfig.for_model(model_cfg) "
+                         "or give image_size")
+    return cfg.image_size
+
+
 def _resized_square(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    size = cfg.image_size
+    size = _size(cfg)
     scale = size if cfg.crop_pct == 1.0 else math.floor(size / cfg.crop_pct)  # timm: floor(size / crop_pct)
-    resample = INTERPOLATIONS[cfg.interpolation]
+    resample = RESAMPLING[cfg.interpolation]
     width, height = img.size
     if cfg.resize_mode == "squash":
         img = _resize(img, (scale, scale), resample)
@@ -360,5 +313,5 @@ def preprocess_batch(images: Iterable[Image.Image], cfg: PreprocessConfig) -> "t
 
     tensors = [preprocess(img, cfg) for img in images]
     if not tensors:
-        return torch.empty(0, 3, cfg.image_size, cfg.image_size, dtype=torch.float32)
+        return torch.empty(0, 3, _size(cfg), _size(cfg), dtype=torch.float32)
     return torch.stack(tensors)

@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from vlm.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict, save_pretrained
+from vlm import configio
+from vlm.checkpoint import CHECKPOINT_META_KEYS, CONFIG_NAME, META_KEY, WEIGHTS_NAME, load_state_dict, save_pretrained
 from vlm.classify.model import ClassifierConfig, ImageClassifier
 from vlm.errors import CheckpointError
 
@@ -43,11 +44,13 @@ def load_classifier_config(directory) -> ClassifierConfig:
     raw = read_config_json(directory)
     if raw is None:
         raise CheckpointError(f"{directory}: not a vlm checkpoint (no readable {CONFIG_NAME})")
-    known = set(ClassifierConfig.__dataclass_fields__)
-    try:
-        return ClassifierConfig.from_dict({k: v for k, v in raw.items() if k in known})
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid classifier config ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: invalid classifier config (expected a mapping of keys to values)")
+    raw = {k: v for k, v in raw.items() if k not in ("vlm_version", META_KEY, *CHECKPOINT_META_KEYS)}
+    try:  # the one config loader: unknown keys and wrong types named with the file
+        return ClassifierConfig.from_dict(raw, source=str(path))
+    except configio.ConfigError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def build_with_weights(cfg: ClassifierConfig, state: dict, source) -> ImageClassifier:

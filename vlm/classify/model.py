@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlm.config import PreprocessSpec, VisionConfig, _from_dict
+from vlm import configio
+from vlm.config import PreprocessConfig, VisionConfig, check_image_size
 from vlm.vision.vit import VisionTransformer
 
 FEATURES = ("pooled", "embedding")
@@ -40,15 +41,15 @@ class ClassifierConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     embed_dim: Optional[int] = None  # contrastive projection size; None: the backbone has no projection
     feature: str = "pooled"  # what the head reads: "pooled" (before the projection) or "embedding" (after)
-    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # size: vision.image_size
     model_type: str = "classifier"  # the key config.json is recognised by
 
     def __post_init__(self):
         if isinstance(self.vision, dict):
-            self.vision = _from_dict(VisionConfig, self.vision)
+            self.vision = configio.from_dict(VisionConfig, self.vision, "classifier config", prefix="vision.")
         if isinstance(self.preprocess, dict):
-            self.preprocess = _from_dict(PreprocessSpec, self.preprocess)
-        self.preprocess.mean, self.preprocess.std = tuple(self.preprocess.mean), tuple(self.preprocess.std)
+            self.preprocess = configio.from_dict(PreprocessConfig, self.preprocess, "classifier config",
+                                                 prefix="preprocess.")
         self.labels = [str(x) for x in self.labels]
         self.validate()
 
@@ -73,8 +74,13 @@ class ClassifierConfig:
             raise ValueError("feature='embedding' needs a backbone with a contrastive projection (embed_dim)")
         if self.vision.pool == "attn" and self.embed_dim is None:
             raise ValueError("an attentional-pooler ViT needs embed_dim")
-        if self.vision.image_size % self.vision.patch_size:
-            raise ValueError("vision.image_size must be a multiple of vision.patch_size")
+        try:
+            check_image_size(self.vision.image_size, self.vision.patch_size)
+        except ValueError:
+            raise ValueError(f"vision.image_size={self.vision.image_size}: must be a multiple of "
+                             f"vision.patch_size={self.vision.patch_size}") from None
+        if self.preprocess.image_size is not None:
+            raise ValueError("preprocess.image_size: leave it out; the model's input size is vision.image_size")
 
     @property
     def feature_dim(self) -> int:
@@ -83,11 +89,13 @@ class ClassifierConfig:
         return int(self.embed_dim) if self.vision.pool == "attn" else self.vision.width
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = configio.to_dict(self)
+        del d["preprocess"]["image_size"]  # the input size is vision.image_size
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
-        return _from_dict(cls, d)
+    def from_dict(cls, d: dict[str, Any], source: str = "classifier config") -> "ClassifierConfig":
+        return configio.from_dict(cls, d, source)
 
 
 @dataclass

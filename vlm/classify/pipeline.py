@@ -36,10 +36,16 @@ class ClassifierPipeline:
 
     def set_image_size(self, size: int) -> None:
         """Run at another resolution: same patches, bicubically resized position embeddings."""
+        import dataclasses
+
+        from vlm.config import check_image_size
+
         patch = self.model.cfg.vision.patch_size
-        if size < patch or size % patch:
-            raise UsageError(f"--image-size {size}: must be a positive multiple of the patch size {patch}")
-        self.preprocess_cfg.image_size = size
+        try:
+            check_image_size(size, patch)
+        except ValueError:
+            raise UsageError(f"--image-size {size}: must be a positive multiple of the patch size {patch}") from None
+        self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
 
     def images_to_tensor(self, images) -> torch.Tensor:
         from vlm.images import load_image, preprocess_batch

@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import torch
 
-from vlm.config import ModelConfig, PreprocessSpec, TextConfig, VisionConfig
+from vlm.config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
 from vlm.errors import CheckpointError
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults, for configs that omit keys.
@@ -64,7 +64,7 @@ def _square(value, what: str, source) -> int:
 # -------------------------------------------------------------------------- config
 
 
-def config_from_hf(hf: dict, preprocess: Optional[PreprocessSpec] = None, source="config.json") -> ModelConfig:
+def config_from_hf(hf: dict, preprocess: Optional[PreprocessConfig] = None, source="config.json") -> ModelConfig:
     """A vlm ``clip`` config from a transformers CLIPConfig dict."""
     if hf.get("model_type", "clip") != "clip":
         raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not a CLIP model")
@@ -89,11 +89,11 @@ def config_from_hf(hf: dict, preprocess: Optional[PreprocessSpec] = None, source
                       mlp_ratio=t["intermediate_size"] / t["hidden_size"], act=_ACTS[t["hidden_act"]], pool="eot",
                       eot_id=int(eos), pad_id=0, norm_eps=float(t["layer_norm_eps"]))
     return ModelConfig(model_type="clip", embed_dim=hf.get("projection_dim", 512), vision=vision, text=text,
-                       decoder=None, preprocess=preprocess or PreprocessSpec(),
+                       decoder=None, preprocess=preprocess or PreprocessConfig(),
                        init_logit_scale=float(hf.get("logit_scale_init_value", 2.6592)), tokenizer="clip_bpe")
 
 
-def preprocess_from_hf(pp: dict, image_size: int, source="preprocessor_config.json") -> PreprocessSpec:
+def preprocess_from_hf(pp: dict, image_size: int, source="preprocessor_config.json") -> PreprocessConfig:
     """vlm preprocessing from a CLIPImageProcessor config: resize the short side + center crop
     (``size.shortest_edge`` == ``crop_size``; crop offsets rounded down as transformers does) or
     squash (``size`` height/width, no crop)."""
@@ -125,10 +125,10 @@ def preprocess_from_hf(pp: dict, image_size: int, source="preprocessor_config.js
     if pp.get("do_rescale", True) and abs(pp.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
         raise CheckpointError(f"{source}: rescale_factor {pp['rescale_factor']} is not supported (1/255)")
     if pp.get("do_normalize", True):
-        mean, std = tuple(pp.get("image_mean", PreprocessSpec().mean)), tuple(pp.get("image_std", PreprocessSpec().std))
+        mean, std = tuple(pp.get("image_mean", PreprocessConfig().mean)), tuple(pp.get("image_std", PreprocessConfig().std))
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return PreprocessSpec(mean=tuple(map(float, mean)), std=tuple(map(float, std)), resize_mode=mode,
+    return PreprocessConfig(mean=tuple(map(float, mean)), std=tuple(map(float, std)), resize_mode=mode,
                           interpolation=_RESAMPLE[resample], crop_rounding="floor")
 
 

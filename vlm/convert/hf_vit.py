@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vlm.classify.model import ClassifierConfig, ImageClassifier
-from vlm.config import PreprocessSpec, VisionConfig
+from vlm.config import PreprocessConfig, VisionConfig
 from vlm.errors import CheckpointError
 
 _LAYER = re.compile(r"vit\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
@@ -114,7 +114,7 @@ def convert_hf_vit_dir(directory, hf: dict) -> ImageClassifier:
     if pp_path.is_file():
         pre = preprocess_from_hf(_read_json(pp_path), vision.image_size, source=pp_path)
     else:  # ViTImageProcessor's defaults
-        pre = PreprocessSpec(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="squash",
+        pre = PreprocessConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="squash",
                              interpolation="bilinear", crop_rounding="floor")
     cfg = ClassifierConfig(labels=labels_from_hf(hf, n, source), vision=vision, embed_dim=None, feature="pooled",
                            preprocess=pre)

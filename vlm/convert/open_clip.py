@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from vlm.config import DecoderConfig, ModelConfig, PreprocessSpec, TextConfig, VisionConfig, get_config
+from vlm.config import DecoderConfig, ModelConfig, PreprocessConfig, TextConfig, VisionConfig, get_config
 from vlm.errors import CheckpointError, ModelError
 
 SUPPORTED_ARCHS = ("coca_ViT-B-32", "coca_ViT-L-14", "ViT-B-32", "ViT-B-16", "ViT-L-14")
@@ -47,7 +47,7 @@ def split_arch(arch: str) -> tuple[str, bool]:
     return base, quick
 
 
-def arch_config(arch: str, preprocess: Optional[PreprocessSpec] = None) -> ModelConfig:
+def arch_config(arch: str, preprocess: Optional[PreprocessConfig] = None) -> ModelConfig:
     """The vlm config of a supported open_clip architecture (vlm/model_configs/ARCH.json), or of
     an open_clip config file (``ARCH.json`` from open_clip's model_configs, or ``open_clip_config.json``)."""
     if arch.endswith(".json"):
@@ -88,7 +88,7 @@ def _check_fixed(section: str, cfg: dict, fixed: dict) -> None:
 
 
 def config_from_open_clip(model_cfg: dict, quick_gelu: Optional[bool] = None,
-                          preprocess: Optional[PreprocessSpec] = None) -> ModelConfig:
+                          preprocess: Optional[PreprocessConfig] = None) -> ModelConfig:
     """Translate an open_clip model config dict (``open_clip.get_model_config(name)``) to a vlm config.
 
     CoCa (a ``multimodal_cfg`` present) and plain ViT CLIPs are supported; any
@@ -140,11 +140,11 @@ def config_from_open_clip(model_cfg: dict, quick_gelu: Optional[bool] = None,
                                 width=m.get("width", 512), layers=m.get("layers", 12), heads=m.get("heads", 8),
                                 mlp_ratio=float(m.get("mlp_ratio", 4)), act=act)
     return ModelConfig(model_type="coca" if coca else "clip", embed_dim=model_cfg["embed_dim"], vision=vision,
-                       text=text, decoder=decoder, preprocess=preprocess or PreprocessSpec(),
+                       text=text, decoder=decoder, preprocess=preprocess or PreprocessConfig(),
                        tokenizer="clip_bpe")
 
 
-def config_from_open_clip_file(path, preprocess: Optional[PreprocessSpec] = None) -> ModelConfig:
+def config_from_open_clip_file(path, preprocess: Optional[PreprocessConfig] = None) -> ModelConfig:
     """An open_clip model config JSON, bare or wrapped as in the Hub's open_clip_config.json."""
     import json
     from pathlib import Path
@@ -162,20 +162,20 @@ def config_from_open_clip_file(path, preprocess: Optional[PreprocessSpec] = None
     return config_from_open_clip(model_cfg, preprocess=preprocess)
 
 
-def preprocess_from_open_clip(pp: dict) -> PreprocessSpec:
+def preprocess_from_open_clip(pp: dict) -> PreprocessConfig:
     """open_clip's PreprocessCfg dict (``model.visual.preprocess_cfg`` or a pretrained tag) -> vlm's."""
     if pp.get("resize_mode", "shortest") not in ("shortest", "squash", "longest"):
         raise ModelError(f"open_clip resize_mode {pp.get('resize_mode')!r} is not supported by vlm")
     if pp.get("interpolation", "bicubic") not in ("bicubic", "bilinear"):
         raise ModelError(f"open_clip interpolation {pp.get('interpolation')!r} is not supported by vlm")
-    default = PreprocessSpec()
-    return PreprocessSpec(mean=tuple(float(x) for x in pp.get("mean", default.mean)),
+    default = PreprocessConfig()
+    return PreprocessConfig(mean=tuple(float(x) for x in pp.get("mean", default.mean)),
                           std=tuple(float(x) for x in pp.get("std", default.std)),
                           resize_mode=pp.get("resize_mode", "shortest"),
                           interpolation=pp.get("interpolation", "bicubic"))
 
 
-def tag_settings(arch: str, tag: str) -> tuple[str, PreprocessSpec, dict]:
+def tag_settings(arch: str, tag: str) -> tuple[str, PreprocessConfig, dict]:
     """(architecture name with -quickgelu where the tag needs it, preprocessing, open_clip's tag entry)
     for a pretrained tag, from the table in the installed open_clip (no network)."""
     from open_clip import pretrained as oc_pretrained
@@ -330,7 +330,7 @@ def from_open_clip_model(oc_model, cfg: ModelConfig):
     return model_from_state(oc_model.state_dict(), cfg, source=type(oc_model).__name__)
 
 
-def convert_file(path, arch: str, preprocess: Optional[PreprocessSpec] = None):
+def convert_file(path, arch: str, preprocess: Optional[PreprocessConfig] = None):
     """(model, tokenizer) from an open_clip checkpoint file of a supported architecture.
 
     Preprocessing: ``preprocess`` if given, else the ``preprocess_cfg`` of an

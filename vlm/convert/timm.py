@@ -34,7 +34,7 @@ from typing import Any, Optional
 import torch
 
 from vlm.classify.model import ClassifierConfig, ImageClassifier
-from vlm.config import PreprocessSpec, VisionConfig
+from vlm.config import PreprocessConfig, VisionConfig
 from vlm.errors import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -90,14 +90,14 @@ def vision_config_from_timm(model, source) -> VisionConfig:
                         cls_token=True, pool="cls", norm_eps=float(model.norm.eps), norm_pre=False, patch_bias=True)
 
 
-def preprocess_from_timm(data_cfg: dict, source) -> PreprocessSpec:
+def preprocess_from_timm(data_cfg: dict, source) -> PreprocessConfig:
     """vlm preprocessing equal to ``timm.data.create_transform(**resolve_data_config(...))`` at eval."""
     mode = _CROP_MODES.get(data_cfg.get("crop_mode", "center"))
     interp = data_cfg.get("interpolation", "bicubic")
     if mode is None or interp not in ("bicubic", "bilinear"):
         raise CheckpointError(f"{source}: crop_mode {data_cfg.get('crop_mode')!r} / interpolation {interp!r} "
                               f"is not supported (center or squash; bicubic or bilinear)")
-    return PreprocessSpec(mean=tuple(map(float, data_cfg["mean"])), std=tuple(map(float, data_cfg["std"])),
+    return PreprocessConfig(mean=tuple(map(float, data_cfg["mean"])), std=tuple(map(float, data_cfg["std"])),
                           resize_mode=mode, interpolation=interp, crop_rounding="round",
                           crop_pct=float(data_cfg.get("crop_pct", 0.875)))
 

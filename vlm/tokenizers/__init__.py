@@ -35,10 +35,22 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         raise FileNotFoundError(f"{config_path}: no such file (not a saved tokenizer directory)")
     with open(config_path, encoding="utf-8") as fh:
         config = json.load(fh)
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a mapping of keys to values")
     kind = config.get("type")
     context_length = int(config.get("context_length") or DEFAULT_CONTEXT_LENGTH)
     if kind == CLIPBPETokenizer.type_name:
-        return CLIPBPETokenizer(path / config.get("vocab_file", "bpe_simple_vocab_16e6.txt.gz"), context_length)
+        return CLIPBPETokenizer(_named_file(path, config, "vocab_file", "bpe_simple_vocab_16e6.txt.gz"),
+                                context_length)
     if kind == SentencePieceTokenizer.type_name:
-        return SentencePieceTokenizer(path / config.get("model_file", "spm.model"), context_length)
+        return SentencePieceTokenizer(_named_file(path, config, "model_file", "spm.model"), context_length)
     raise ValueError(f"{config_path}: unknown tokenizer type {kind!r} (expected 'clip_bpe' or 'sentencepiece')")
+
+
+def _named_file(directory: Path, config: dict, key: str, default: str) -> Path:
+    """The vocabulary/model file tokenizer_config.json names; a missing one is named as such."""
+    file = directory / str(config.get(key, default))
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file (the {config.get('type')} model that "
+                                f"{directory / CONFIG_NAME} names)")
+    return file

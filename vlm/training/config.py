@@ -6,10 +6,20 @@ schedule with linear warmup (Loshchilov & Hutter 2019).
 
     cfg = load_train_config("configs/shapes_tiny.yaml", ["lr=3e-4", "model.vision.image_size=96"])
 
-Dotted keys reach nested sections (``data.batch_size=32``); ``model.*`` keys
-override the named architecture (stored in ``model_overrides``). Values are
+The file and the overrides go through the one config loader (``vlm.configio``):
+unknown keys and wrong types are refused naming the file (or the override) and
+the key. Dotted keys reach nested sections (``data.batch_size=32``); values are
 parsed as YAML scalars, so ``steps=100``, ``freeze=[visual]`` and
-``init_from=null`` work. Run: ``accelerate launch scripts/train.py --config FILE``.
+``init_from=null`` work. ``model.*`` keys override the named architecture
+(stored in ``model_overrides``); the model config is the one authority for the
+architecture, so two short keys are spelled out there:
+
+- ``tokenizer: sentencepiece`` is ``model.tokenizer: sentencepiece`` (the kind
+  the exported config.json records);
+- ``image_size: N`` is ``model.vision.image_size: N`` (with ``init_from``: the
+  checkpoint's position embeddings are resampled to N).
+
+Run: ``accelerate launch scripts/train.py --config FILE``.
 """
 
 from __future__ import annotations
@@ -19,14 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from vlm import configio
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TOWERS = ("visual", "text", "decoder")
 DATA_KINDS = ("shapes", "coco", "karpathy", "hf")
+SHORT_KEYS = {"tokenizer": "tokenizer", "image_size": "vision.image_size"}  # key -> model.* key
+DEFAULT_MODEL = "tiny"  # the architecture when neither model nor init_from is given
 
 
 @dataclass
 class DataConfig:
-    kind: str = "shapes"  # shapes | coco | karpathy | hf
+    kind: str = "shapes"  # coco | karpathy | hf; shapes = coco (`vlm data shapes` writes COCO-format dirs)
     root: str = "data/shapes"  # COCO-format dir (annotations/captions.json + images/) or a COCO root
     train_split: str = "train"  # COCO root: annotations/captions_{split}2017.json, images in {split}2017/
     val_root: Optional[str] = None  # a separate COCO-format dir for validation (shapes)
@@ -44,15 +58,13 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     # model
-    model: str = "tiny"  # a named architecture in vlm/model_configs
-    model_overrides: dict = field(default_factory=dict)  # nested dict, from model.a.b=v keys
+    model: Optional[str] = None  # a named architecture in vlm/model_configs (None: tiny, or init_from's)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # nested dict, from model.a.b=v keys
     init_from: Optional[str] = None  # checkpoint dir to start from (a CLIP gets a fresh decoder)
-    image_size: Optional[int] = None  # resize the ViT position embeddings (fine-tune at this size)
-    tokenizer: str = "clip_bpe"  # clip_bpe | sentencepiece
     tokenizer_path: Optional[str] = None  # sentencepiece dir; None: train one on the captions
     tokenizer_model_type: str = "bpe"  # SentencePiece model trained at start: bpe | unigram
     pos_embed_init: str = "random"  # random (the model's own init) | sincos (2-D sine-cosine)
-    freeze: list = field(default_factory=list)  # towers to freeze: visual | text | decoder
+    freeze: list[str] = field(default_factory=list)  # towers to freeze: visual | text | decoder
     grad_checkpointing: bool = False
     # data
     data: DataConfig = field(default_factory=DataConfig)
@@ -62,7 +74,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
-    betas: tuple = (0.9, 0.98)
+    betas: tuple[float, ...] = (0.9, 0.98)
     eps: float = 1e-6
     grad_accum_steps: int = 1
     clip_grad_norm: Optional[float] = 1.0
@@ -82,7 +94,7 @@ class TrainConfig:
     stop_after: Optional[int] = None  # exit after this step (a checkpoint is written first)
     num_threads: Optional[int] = None  # torch.set_num_threads on CPU
     export_dtype: str = "float32"  # float32 | float16 (dtype of the final save_pretrained export)
-    zero_shot_templates: Optional[list] = None  # stored in the exported config.json
+    zero_shot_templates: Optional[list[str]] = None  # stored in the exported config.json's metadata
     debug_nan_at_step: Optional[int] = None  # make the loss NaN at this step (tests the guard)
 
     def validate(self) -> None:
@@ -90,8 +102,12 @@ class TrainConfig:
             raise ValueError(f"data.kind={self.data.kind!r}: must be one of {', '.join(DATA_KINDS)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: must be one of {MIXED_PRECISION}")
-        if self.tokenizer not in ("clip_bpe", "sentencepiece"):
-            raise ValueError(f"tokenizer={self.tokenizer!r}: must be clip_bpe or sentencepiece")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas={list(self.betas)}: expected two numbers in [0, 1), e.g. [0.9, 0.98]")
+        if self.tokenizer_model_type not in ("bpe", "unigram"):
+            raise ValueError(f"tokenizer_model_type={self.tokenizer_model_type!r}: must be bpe or unigram")
+        if self.model_overrides and not isinstance(self.model_overrides, dict):
+            raise ValueError("model_overrides: expected a mapping of model config keys")
         if self.pos_embed_init not in ("random", "sincos"):
             raise ValueError(f"pos_embed_init={self.pos_embed_init!r}: must be random or sincos")
         bad = [t for t in self.freeze if t not in TOWERS]
@@ -116,72 +132,16 @@ class TrainConfig:
             raise ValueError(f"export_dtype={self.export_dtype!r}: must be float32, float16 or bfloat16")
 
 
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {key}: {p} is not a section")
-    node[parts[-1]] = value
-
-
-def _build(cls, raw: dict, where: str):
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    kwargs = {}
-    for name, value in raw.items():
-        if name == "data" and cls is TrainConfig:
-            value = _build(DataConfig, value or {}, f"{where} data")
-        elif name == "betas" and value is not None:
-            ok = isinstance(value, (list, tuple)) and len(value) == 2 and \
-                all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in value)
-            if not ok:
-                raise ValueError(f"{where}: betas={value!r}: expected two numbers in [0, 1), e.g. [0.9, 0.98]")
-            value = tuple(float(v) for v in value)
-        else:
-            value = _coerce(value, str(known[name].type), f"{where}: {name}")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, annotation: str, where: str) -> Any:
-    """A value of the field's type: YAML reads 3e-4 as a string, so numeric strings become
-    numbers; whole floats become ints; anything else of the wrong type is refused."""
-    if value is None:
-        return value
-    base = annotation[len("Optional["):-1] if annotation.startswith("Optional[") else annotation
-    if base in ("int", "float") and isinstance(value, str):
-        try:
-            value = float(value) if base == "float" else int(value)
-        except ValueError:
-            raise ValueError(f"{where}={value!r}: expected a number") from None
-    if base == "int":
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{where}={value!r}: expected a whole number")
-    elif base == "float":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"{where}={value!r}: expected a number")
-        value = float(value)
-    elif base == "bool" and not isinstance(value, bool):
-        raise ValueError(f"{where}={value!r}: expected true or false")
-    elif base == "list" and isinstance(value, str):
-        value = [value]  # freeze=visual means freeze=[visual]
-    elif base == "list" and not isinstance(value, list):
-        raise ValueError(f"{where}={value!r}: expected a list")
-    elif base == "str" and not isinstance(value, str):
-        raise ValueError(f"{where}={value!r}: expected a string")
-    return value
-
-
 def load_train_config(path: Optional[str], overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML file (or start from the defaults) and apply ``key=value`` overrides."""
+    """Read a YAML file (or start from the defaults) and apply ``key=value`` overrides.
+
+    Raises ``FileNotFoundError`` or ``ValueError`` (``configio.ConfigError``) with one line naming
+    the file or the override and the key. The model config is checked too (``model_setup.model_config``)
+    unless ``init_from`` decides the architecture.
+    """
     import yaml
 
+    source = f"--config {path}" if path else "config"
     raw: dict = {}
     if path is not None:
         p = Path(path)
@@ -194,22 +154,49 @@ def load_train_config(path: Optional[str], overrides: list[str] = ()) -> TrainCo
         if not isinstance(raw, dict):
             raise ValueError(f"--config {path}: must be a mapping of keys to values")
     pairs = [(k, raw.pop(k)) for k in [k for k in raw if "." in str(k)]]  # dotted keys in the file
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r}: expected key=value")
-        key, text = item.split("=", 1)
-        pairs.append((key, yaml.safe_load(text) if text else None))
+    pairs += configio.parse_overrides(overrides)
     for key, value in pairs:
         if key.startswith("model."):
-            _set_dotted(raw.setdefault("model_overrides", {}), key[len("model."):], value)
+            configio.set_dotted(raw.setdefault("model_overrides", {}), key[len("model."):], value, source)
         else:
-            _set_dotted(raw, key, value)
-    cfg = _build(TrainConfig, raw, f"--config {path}" if path else "config")
-    cfg.validate()
+            configio.set_dotted(raw, key, value, source)
+    for short, long in SHORT_KEYS.items():  # tokenizer: X is model.tokenizer: X
+        if short in raw:
+            value = raw.pop(short)
+            node = raw.setdefault("model_overrides", {})
+            *sections, leaf = long.split(".")
+            for part in sections:
+                node = node.setdefault(part, {})
+            if leaf in node and node[leaf] != value:
+                raise configio.ConfigError(f"{source}: {short}={value!r} and model.{long}={node[leaf]!r} "
+                                           f"disagree (they are the same setting)")
+            node[leaf] = value
+    cfg = configio.from_dict(TrainConfig, raw, source)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise configio.ConfigError(f"{source}: {e}") from None
+    if not cfg.init_from:
+        model_config(cfg, source)  # the architecture with its overrides: checked here, once
     return cfg
 
 
+def model_config(cfg: TrainConfig, source: str = "config"):
+    """The named architecture (``tiny`` when none is named) with ``model_overrides`` laid over it,
+    through the config loader: a bad key or value is one line naming ``source`` and ``model.KEY``."""
+    from vlm.config import ModelConfig, get_config, list_configs
+
+    name = cfg.model or DEFAULT_MODEL
+    try:
+        base = get_config(name)
+    except KeyError:
+        raise configio.ConfigError(f"{source}: model={name!r}: no such architecture "
+                                   f"(known: {', '.join(list_configs())})") from None
+    raw = configio.merge(base.to_dict(), cfg.model_overrides or {})
+    if raw.get("model_type") == "clip":
+        raw["decoder"] = None  # model.model_type=clip drops the named CoCa's decoder
+    return configio.from_dict(ModelConfig, raw, source, prefix="model.")
+
+
 def config_to_dict(cfg: TrainConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["betas"] = list(cfg.betas)
-    return d
+    return configio.to_dict(cfg)

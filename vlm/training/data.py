@@ -76,15 +76,18 @@ def train_captions(cfg) -> list[str]:
 
 
 def build_tokenizer(cfg, model_cfg, out_dir: Path, is_main: bool, wait=lambda: None):
-    """CLIP BPE, a given SentencePiece dir, or one trained on the training captions
-    (by the main process, into ``out_dir/tokenizer``; the others wait and load it)."""
+    """The kind ``model_cfg.tokenizer`` names: CLIP BPE, a given SentencePiece dir, or one trained
+    on the training captions (by the main process, into ``out_dir/tokenizer``; the others wait)."""
     from vlm.tokenizers import CLIPBPETokenizer, load_tokenizer, train_sentencepiece
 
     ctx = model_cfg.text.context_length
-    if cfg.tokenizer == "clip_bpe":
+    if model_cfg.tokenizer == "clip_bpe":
         tok = CLIPBPETokenizer(context_length=ctx)
     elif cfg.tokenizer_path:
         tok = load_tokenizer(cfg.tokenizer_path)
+        if tok.type_name != model_cfg.tokenizer:
+            raise ValueError(f"tokenizer_path={cfg.tokenizer_path}: a {tok.type_name} tokenizer, but the model "
+                             f"config says tokenizer={model_cfg.tokenizer}")
     else:
         tok_dir = out_dir / "tokenizer"
         if is_main and not (tok_dir / "tokenizer_config.json").is_file():

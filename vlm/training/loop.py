@@ -109,7 +109,7 @@ def train(cfg) -> dict:
     from vlm.data.collate import SkipCounter
     from vlm.losses import CoCaLoss
     from vlm.training.data import build_loaders, build_tokenizer
-    from vlm.training.init import build_model
+    from vlm.training.model_setup import build_model
     from vlm.training.optim import build_optimizer, build_scheduler
     from vlm.training.state import export_model, find_resume, read_position, save_checkpoint
 

@@ -14,6 +14,7 @@ position embeddings are resized by bicubic interpolation (``resize_pos_embed``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlm.config import VisionConfig
+from vlm.config import VisionConfig, check_image_size
 from vlm.layers import Attention, Transformer
 
 
@@ -103,23 +104,22 @@ class VisionTransformer(nn.Module):
         return self._pos_cache[key]
 
     def set_image_size(self, image_size: int) -> None:
-        """Resize the position embeddings for good, e.g. to fine-tune at a higher resolution."""
-        if image_size % self.cfg.patch_size:
-            raise ValueError(f"image size {image_size} is not a multiple of the patch size {self.cfg.patch_size}")
+        """Take ``image_size`` inputs from now on, for good (e.g. to fine-tune at a higher resolution):
+        the position embeddings are resampled and ``self.cfg`` is a new config saying so (the
+        config object it was built from is not changed; ``CLIP.set_image_size`` updates the model's)."""
+        check_image_size(image_size, self.cfg.patch_size)
         g = image_size // self.cfg.patch_size
         with torch.no_grad():
             new = resize_pos_embed(self.pos_embed.data, (g, g), self.num_prefix)
         self.pos_embed = nn.Parameter(new)
         self.grid = g
-        self.cfg.image_size = image_size
+        self.cfg = dataclasses.replace(self.cfg, image_size=image_size)
         self._pos_cache = {}
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, prefix + gh*gw, width), after the transformer blocks."""
-        P = self.cfg.patch_size
-        if images.shape[-2] % P or images.shape[-1] % P:  # the strided conv would silently drop pixels
-            raise ValueError(f"image size {images.shape[-2]}x{images.shape[-1]} is not a multiple of the "
-                             f"patch size {P}")
+        # int(): under ONNX/JIT tracing the sizes are 0-d tensors; the strided conv would drop pixels
+        check_image_size((int(images.shape[-2]), int(images.shape[-1])), self.cfg.patch_size)
         x = self.patch_embed(images)  # (B, W, gh, gw)
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, W)
