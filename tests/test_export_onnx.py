@@ -160,7 +160,7 @@ def test_export_list():
     r = run_vlm("export", "--list", "--json")
     assert r.returncode == 0, r.stderr
     table = json.loads(r.stdout)
-    assert set(table) == {"clip", "coca"} and all(set(v) == {"onnx", "hf", "open_clip"} for v in table.values())
+    assert set(table) == {"clip", "coca", "classifier"} and all(set(v) == {"onnx", "hf", "open_clip"} for v in table.values())
     r = run_vlm("export", "--list", "default")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

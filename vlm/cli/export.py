@@ -51,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm.export import check, export
 
     pipe = vlm.load(args.model, device="cpu")
-    check(pipe.model, pipe.tokenizer, args.format, pipe.name)  # refuse before any export work
+    check(pipe.model, getattr(pipe, "tokenizer", None), args.format, pipe.name)  # refuse before any export work
     result = export(pipe, args.format, args.out, force=args.force)
     for note in result.notes:
         print(f"vlm export: note: {note}", file=sys.stderr)
@@ -79,7 +79,7 @@ def _list(args) -> int:
         import vlm
 
         pipe = vlm.load(name, device="cpu")
-        table = support_table(pipe.model, pipe.tokenizer, pipe.name)
+        table = support_table(pipe.model, getattr(pipe, "tokenizer", None), pipe.name)
     else:
         table = support_table()
     if args.json:

@@ -33,6 +33,10 @@ SUPPORT = {
              "hf": "contrastive towers only, when they are CLIP-shaped (CLS-pooled image tower, end-of-text "
                    "pooled text tower, CLIP BPE); the caption decoder is left out with a note",
              "open_clip": "CoCa (CLIP BPE tokenizer, legacy CLS mask, image tokens as wide as the decoder)"},
+    "classifier": {"onnx": "image -> class logits (label names in the manifest)",
+                   "hf": "ViTForImageClassification (a timm / transformers-style ViT without CLIP's ln_pre, "
+                         "head on the CLS token)",
+                   "open_clip": "refused: open_clip has image-text models only"},
 }
 
 
@@ -49,6 +53,15 @@ def check(model, tokenizer, fmt: str, source: str = "model") -> list[str]:
     """Raise ExportRefused if ``fmt`` cannot express the model; return notes (what is left out)."""
     if fmt not in FORMATS:
         raise ExportRefused(f"unknown export format {fmt!r} (formats: {', '.join(FORMATS)})")
+    if model.cfg.model_type == "classifier":
+        if fmt == "open_clip":
+            raise ExportRefused(f"{source}: cannot be an open_clip model: a supervised classifier (ViT + linear "
+                                f"head); open_clip has image-text models only")
+        if fmt == "hf":
+            from vlm.export.hf_vit import check_hf_vit
+
+            return check_hf_vit(model, source)
+        return []
     if fmt == "hf":
         from vlm.export.hf import check_hf
 
@@ -82,7 +95,7 @@ def export(pipeline_or_model, fmt: str, out, tokenizer=None, force: bool = False
     """Export a ``vlm.load()`` pipeline (or a model and its tokenizer) to ``out``, atomically."""
     model = getattr(pipeline_or_model, "model", pipeline_or_model)
     tokenizer = tokenizer or getattr(pipeline_or_model, "tokenizer", None)
-    if tokenizer is None:
+    if tokenizer is None and model.cfg.model_type != "classifier":
         raise ExportRefused("export needs the model's tokenizer")
     source = source or getattr(pipeline_or_model, "name", "") or "model"
     notes = check(model, tokenizer, fmt, source)
@@ -93,6 +106,10 @@ def export(pipeline_or_model, fmt: str, out, tokenizer=None, force: bool = False
             from vlm.export.onnx import export_onnx
 
             details = export_onnx(model, tokenizer, tmp, source)
+        elif fmt == "hf" and model.cfg.model_type == "classifier":
+            from vlm.export.hf_vit import export_hf_vit
+
+            notes = export_hf_vit(model, tmp, source)
         elif fmt == "hf":
             from vlm.export.hf import export_hf
 

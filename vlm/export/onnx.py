@@ -4,6 +4,8 @@ Writes into the output directory:
 
 - ``image_encoder.onnx``  pixel_values (B, 3, S, S) -> image_embeds (B, E), image_tokens (B, N, D)
 - ``text_encoder.onnx``   input_ids (B, L) int64 -> text_embeds (B, E)
+- a supervised classifier (``vlm.classify``) instead: ``classifier.onnx`` pixel_values -> logits (B, C),
+  the label names in the manifest;
 - CoCa only: ``caption_image_kv.onnx`` image_tokens -> image_kv, and ``caption_step.onnx``
   (input_ids, past_text, past_decoder, image_kv) -> (logits, present_text, present_decoder);
   see ``vlm.export.onnx_graphs`` for the cache layout;
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from vlm.export.common import ExportRefused
-from vlm.export.onnx_graphs import DecoderStepGraph, ImageEncoderGraph, ImageKVGraph, TextEncoderGraph
+from vlm.export.onnx_graphs import ClassifierGraph, DecoderStepGraph, ImageEncoderGraph, ImageKVGraph, TextEncoderGraph
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -84,6 +86,8 @@ def export_onnx(model, tokenizer, out: Path, source: str = "") -> dict:
 
     model = model.float().eval()
     cfg = model.cfg
+    if cfg.model_type == "classifier":
+        return _export_classifier(model, out, source)
     S = cfg.vision.image_size
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(2, 3, S, S, generator=g)
@@ -175,3 +179,35 @@ def _export_caption(model, image_tokens: torch.Tensor, out: Path, parity: dict) 
     parity["caption_logits"] = max(diff, _maxdiff(logits, stepper(nxt)))
     graphs["caption_step"] = {"file": "caption_step.onnx", **_io_spec(sess)}
     return graphs
+
+
+def _manifest_head(cfg, source: str) -> dict:
+    import onnx
+    import onnxruntime
+
+    from vlm import __version__
+
+    return {"format": "vlm-onnx", "vlm_version": __version__, "source": source, "model_type": cfg.model_type,
+            "opset": OPSET, "onnx_version": onnx.__version__, "onnxruntime_version": onnxruntime.__version__,
+            "torch_version": torch.__version__}
+
+
+def _export_classifier(model, out: Path, source: str) -> dict:
+    from vlm.images import PreprocessConfig
+
+    S = model.cfg.vision.image_size
+    pixels = torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _export(ClassifierGraph(model), (pixels,), out / "classifier.onnx", ["pixel_values"], ["logits"],
+                _axes({"pixel_values": {0: "batch"}, "logits": {0: "batch"}}))
+        sess = _session(out / "classifier.onnx")
+        diff = _maxdiff(sess.run(None, {"pixel_values": pixels.numpy()})[0], model(pixels).logits)
+    if not diff <= TOLERANCE:
+        raise ExportRefused(f"{source or 'model'}: onnxruntime differs from PyTorch by {diff:.2e} (> {TOLERANCE}) "
+                            f"in the logits; not exported")
+    manifest = {**_manifest_head(model.cfg, source),
+                "graphs": {"classifier": {"file": "classifier.onnx", **_io_spec(sess)}},
+                "preprocess": PreprocessConfig.for_model(model.cfg).to_dict(), "labels": list(model.cfg.labels),
+                "parity_max_abs_diff": {"logits": diff}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

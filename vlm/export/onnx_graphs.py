@@ -6,6 +6,7 @@ from vlm at run time:
 
 - ``ImageEncoderGraph``: pixels (B, 3, S, S) -> L2-normalised embedding (B, E) and the
   image tokens (B, N, D) the caption decoder reads;
+- ``ClassifierGraph`` (supervised classifiers): pixels -> class logits (B, C);
 - ``TextEncoderGraph``: token ids (B, L) -> L2-normalised embedding (B, E);
 - ``ImageKVGraph``: image tokens -> the decoder's cross-attention keys/values, stacked
   (layers, 2, B, heads, N, head_dim), computed once per image;
@@ -34,6 +35,17 @@ class ImageEncoderGraph(nn.Module):
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
         out = self.visual(pixel_values)
         return F.normalize(out.pooled, dim=-1), out.tokens
+
+
+class ClassifierGraph(nn.Module):
+    """A supervised classifier (``vlm.classify``): pixels (B, 3, S, S) -> class logits (B, C)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.model(pixel_values).logits
 
 
 class TextEncoderGraph(nn.Module):

@@ -18,6 +18,7 @@ copied next to an exported directory and used where vlm is not installed.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -50,18 +51,20 @@ class OnnxModel:
 
         p = self.manifest["preprocess"]
         size, resample = p["image_size"], {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[p["interpolation"]]
+        crop_pct = p.get("crop_pct", 1.0)
+        scale = size if crop_pct == 1.0 else math.floor(size / crop_pct)  # resize larger, then crop (timm)
         image = image.convert("RGB")
         w, h = image.size
         if p["resize_mode"] == "squash":
-            new = (size, size)
+            new = (scale, scale)
         elif p["resize_mode"] == "shortest":
-            new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-        else:  # longest: scale the long side to size, then pad with black
-            r = max(w / size, h / size)
+            new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+        else:  # longest: scale the long side, then pad with black
+            r = max(w / scale, h / scale)
             new = (round(w / r), round(h / r))
         if image.size != new:
             image = image.resize(new, resample)
-        if p["resize_mode"] != "squash":
+        if image.size != (size, size):
             image = _center_crop(image, size, p["crop_rounding"])
         x = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)  # (S, S, 3)
         x = (x - np.array(p["mean"], dtype=np.float32)) / np.array(p["std"], dtype=np.float32)
@@ -70,6 +73,10 @@ class OnnxModel:
     # -- encoders ---------------------------------------------------------------------------
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         return self.session("image_encoder").run(["image_embeds"], {"pixel_values": pixels})[0]
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """A supervised classifier's (B, C) class logits; the names are ``manifest["labels"]``."""
+        return self.session("classifier").run(None, {"pixel_values": pixels})[0]
 
     def encode_texts(self, ids: np.ndarray) -> np.ndarray:
         return self.session("text_encoder").run(None, {"input_ids": ids.astype(np.int64)})[0]
