@@ -1,7 +1,7 @@
 """Benchmark onnxruntime (CPU) against vlm's PyTorch path on the same weights, after `vlm export onnx`.
 
 Models: the shipped default model, and coca_ViT-B-32 at full size with random non-degenerate weights
-(``vlm.convert.parity.randomize_``; this machine cannot download real ones). For each, in one run:
+(``tests/parity_weights.py: randomize_``; this machine cannot download real ones). For each, in one run:
 
 - parity first: image embeddings (max |diff|) and greedy caption tokens (identical or not);
 - image embedding, images/s: a batch of B images through ``model.encode_image`` (torch) and through
@@ -23,9 +23,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # parity_weights: the test helpers
 
 
 def _timed(fn) -> float:
@@ -94,7 +97,7 @@ def main(argv=None) -> int:
 
     import vlm
     from vlm.api import Pipeline
-    from vlm.convert.parity import randomize_
+    from parity_weights import randomize_
     from vlm.images import PreprocessConfig
     from vlm.model import create_model
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer

@@ -27,7 +27,7 @@ LABELS = ["tabby cat", "golden retriever", "red fox", "snowy owl", "sports car"]
 
 
 def _timm_style(seed=0) -> ClassifierPipeline:
-    from vlm.convert.parity import randomize_
+    from parity_weights import randomize_
 
     vision = VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, norm_eps=1e-6, norm_pre=False,
                           patch_bias=True)
