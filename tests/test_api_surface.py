@@ -210,3 +210,55 @@ def test_pretrained_is_passed_as_its_own_argument_not_baked_into_the_name(monkey
     monkeypatch.undo()
     with pytest.raises(ModelError, match="already says which weights"):
         remote.load_open_clip("ViT-B-32@openai", pretrained="laion2b_s34b_b79k")
+
+
+@pytest.fixture(scope="module")
+def classifier_pipe(tmp_path_factory):
+    """A saved tiny supervised classifier, loaded through vlm.load (a ClassifierPipeline)."""
+    from vlm.classify.checkpoint import save_classifier
+    from vlm.classify.model import ClassifierConfig, ImageClassifier
+    from vlm.config import VisionConfig
+
+    torch.manual_seed(0)
+    vision = VisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2)
+    model = ImageClassifier(ClassifierConfig(labels=["orange star", "red star", "blue circle"], vision=vision))
+    out = tmp_path_factory.mktemp("probe") / "probe"
+    save_classifier(model, out)
+    return vlm.load(str(out), device="cpu")
+
+
+def test_classifier_pipeline_takes_one_path_and_never_iterates_a_string(classifier_pipe, sample_images):
+    good = str(sample_images["good"])
+    assert type(classifier_pipe).__name__ == "ClassifierPipeline"
+    (top,) = classifier_pipe.classify(good, top_k=2)  # one path is one input, not len(good) characters
+    assert len(top) == 2 and {label for label, _ in top} <= {"orange star", "red star", "blue circle"}
+    assert classifier_pipe.classify(Image.open(good), top_k=2) == [top]
+    assert classifier_pipe.classify(sample_images["good"], top_k=2) == [top]  # a pathlib.Path
+    assert classifier_pipe.classify([good, good], top_k=2) == [top, top]
+    assert classifier_pipe.logits(good).shape == (1, 3)
+    with pytest.raises(TypeError, match="labels: expected a list of strings, got a single str"):
+        classifier_pipe.classify([good], "orange star,red star")
+    (restricted,) = classifier_pipe.classify([good], ["orange star", "red star"], top_k=5)
+    assert sorted(label for label, _ in restricted) == ["orange star", "red star"]
+    for bad, words in [(1, "images: expected a path, a PIL image or a list of them, got int"),
+                       ([None], r"images\[0\]: expected a path or a PIL image, got NoneType")]:
+        with pytest.raises(TypeError, match=words):
+            classifier_pipe.classify(bad)
+
+
+def test_classifier_pipeline_speaks_python_terms_and_keeps_good_results(classifier_pipe, sample_images):
+    good, missing = str(sample_images["good"]), str(sample_images["missing"])
+    for call, words in [
+        (lambda: classifier_pipe.set_image_size(36), "image_size=36: must be a positive multiple of the patch size 8"),
+        (lambda: classifier_pipe.set_image_size(64000), "image_size=64000: must be at most"),
+        (lambda: classifier_pipe.classify([good], top_k=0), "top_k=0: must be at least 1"),
+        (lambda: classifier_pipe.classify([good], ["no such label"]), "labels: 'no such label' is not a label"),
+    ]:
+        with pytest.raises(UsageError, match=words) as e:
+            call()
+        assert "--" not in str(e.value), str(e.value)
+    with pytest.raises(ImageLoadError, match="no such file"):
+        classifier_pipe.classify([good, missing])
+    top = classifier_pipe.classify([missing, good], top_k=1, on_error="return")
+    assert isinstance(top[0], ImageLoadError) and top[0].source == missing
+    assert top[1] == classifier_pipe.classify(good, top_k=1)[0]

@@ -68,7 +68,45 @@ def resolve_checkpoint(name: Optional[str]) -> Path:
     raise ModelError(f"{name}: no such model or checkpoint directory (see `vlm models`)")
 
 
-class Pipeline:
+class ImageBatches:
+    """Reading images for a pipeline, ``batch_size`` at a time, with the ``on_error`` rule
+    (shared by ``Pipeline`` and ``vlm.classify.pipeline.ClassifierPipeline``)."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def load_images(self, images, on_error: str = "raise") -> list:
+        """Decoded RGB PIL images (``vlm.images.load_image``); with ``on_error="return"`` a failed
+        image gives its ``ImageLoadError`` in place."""
+        from vlm.images import as_image_list, load_image
+
+        _check_on_error(on_error)
+        out = []
+        for im in as_image_list(images):
+            try:
+                out.append(load_image(im))
+            except ImageLoadError as e:
+                if on_error == "raise":
+                    raise
+                out.append(e)
+        return out
+
+    def _batches(self, images, on_error: str):
+        """(loaded PIL images, their positions, all results so far) per batch, errors filled in."""
+        from vlm.images import as_image_list
+
+        _check_on_error(on_error)
+        items = as_image_list(images)
+        results: list = [None] * len(items)
+        for start in range(0, len(items), self.batch_size):
+            loaded = self.load_images(items[start:start + self.batch_size], on_error)
+            good = [n for n, im in enumerate(loaded, start) if not isinstance(im, ImageLoadError)]
+            for n, im in enumerate(loaded, start):
+                if isinstance(im, ImageLoadError):
+                    results[n] = im
+            yield [loaded[n - start] for n in good], good, results
+
+
+class Pipeline(ImageBatches):
     """A loaded model with its tokenizer and preprocessing, ready for inference.
 
     ``images`` may be one path or PIL image, or a list of them (a string is one path, never
@@ -105,18 +143,9 @@ class Pipeline:
     def set_image_size(self, size: int) -> None:
         """Take ``size`` x ``size`` inputs from now on: same patches, the position embeddings resized
         bicubically on the fly (the model's own stored size, ``model.cfg``, is left as trained)."""
-        from vlm.config import check_image_size
-        from vlm.limits import MAX_IMAGE_SIZE
+        from vlm.limits import check_image_size_option
 
-        patch = self.model.cfg.vision.patch_size
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise InvalidOption("image_size", size, "must be an integer")
-        try:
-            check_image_size(size, patch)
-        except ValueError:
-            raise InvalidOption("image_size", size, f"must be a positive multiple of the patch size {patch}") from None
-        if size > MAX_IMAGE_SIZE:
-            raise InvalidOption("image_size", size, f"must be at most {MAX_IMAGE_SIZE} pixels")
+        check_image_size_option(size, self.model.cfg.vision.patch_size)
         self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
 
     def check_fits(self, batch_size: Optional[int] = None, beams: int = 1) -> None:
@@ -125,38 +154,6 @@ class Pipeline:
 
         check_fits(self.model.cfg, self.image_size, self.batch_size if batch_size is None else batch_size,
                    beams, device=self.device)
-
-    # -- reading images ---------------------------------------------------------------------
-    def load_images(self, images, on_error: str = "raise") -> list:
-        """Decoded RGB PIL images (``vlm.images.load_image``); with ``on_error="return"`` a failed
-        image gives its ``ImageLoadError`` in place."""
-        from vlm.images import as_image_list, load_image
-
-        _check_on_error(on_error)
-        out = []
-        for im in as_image_list(images):
-            try:
-                out.append(load_image(im))
-            except ImageLoadError as e:
-                if on_error == "raise":
-                    raise
-                out.append(e)
-        return out
-
-    def _batches(self, images, on_error: str):
-        """(loaded PIL images, their positions, all results so far) per batch, errors filled in."""
-        from vlm.images import as_image_list
-
-        _check_on_error(on_error)
-        items = as_image_list(images)
-        results: list = [None] * len(items)
-        for start in range(0, len(items), self.batch_size):
-            loaded = self.load_images(items[start:start + self.batch_size], on_error)
-            good = [n for n, im in enumerate(loaded, start) if not isinstance(im, ImageLoadError)]
-            for n, im in enumerate(loaded, start):
-                if isinstance(im, ImageLoadError):
-                    results[n] = im
-            yield [loaded[n - start] for n in good], good, results
 
     # -- encoding ---------------------------------------------------------------------------
     def images_to_tensor(self, images) -> torch.Tensor:
@@ -332,7 +329,8 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     if getattr(model.cfg, "model_type", "") == "classifier":  # a supervised classifier: its own labels
         from vlm.classify.pipeline import ClassifierPipeline
 
-        cpipe = ClassifierPipeline(model, PreprocessConfig.for_model(model.cfg), dev, name=str(name_or_dir))
+        cpipe = ClassifierPipeline(model, PreprocessConfig.for_model(model.cfg), dev, name=str(name_or_dir),
+                                   batch_size=batch_size)
         if image_size is not None:
             cpipe.set_image_size(image_size)
         check_fits(model.cfg, cpipe.image_size, batch_size, device=dev)

@@ -72,6 +72,22 @@ def _human(n: float) -> str:
     return f"{n:.1f} PB"  # pragma: no cover
 
 
+def check_image_size_option(size, patch_size: int) -> int:
+    """``size`` if it can be an input size (an int, a positive multiple of ``patch_size``, at most
+    ``MAX_IMAGE_SIZE``); else ``InvalidOption`` naming ``image_size``. Memory is ``check_fits``'s."""
+    from vlm.config import check_image_size
+
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise InvalidOption("image_size", size, "must be an integer")
+    try:
+        check_image_size(size, patch_size)
+    except ValueError:
+        raise InvalidOption("image_size", size, f"must be a positive multiple of the patch size {patch_size}") from None
+    if size > MAX_IMAGE_SIZE:
+        raise InvalidOption("image_size", size, f"must be at most {MAX_IMAGE_SIZE} pixels")
+    return size
+
+
 def check_batch_size(batch_size: int) -> int:
     """The bounds of a batch size alone (no model needed); returns it."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

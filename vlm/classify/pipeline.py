@@ -5,6 +5,10 @@ classifier checkpoint, ``timm:NAME`` or a ViTForImageClassification ``hf:NAME``)
     >>> p = vlm.load("ckpt/probe")
     >>> p.classify(["cat.jpg"], top_k=5)          # the model's own labels
     [[("cat", 0.91), ("dog", 0.05), ...]]
+
+Images follow the same rules as ``Pipeline``'s (``vlm.api.ImageBatches``): one path or PIL image,
+or a list of them (a string is one path, never iterated); ``on_error="return"`` keeps the good
+results and puts an ``ImageLoadError`` in place of each image that could not be read.
 """
 
 from __future__ import annotations
@@ -13,18 +17,22 @@ from typing import Optional, Sequence
 
 import torch
 
-from vlm.errors import UsageError
+from vlm.api import ImageBatches
+from vlm.errors import InvalidOption, UsageError
+from vlm.limits import DEFAULT_BATCH_SIZE
 
 
-class ClassifierPipeline:
+class ClassifierPipeline(ImageBatches):
     can_caption = False
     is_classifier = True
 
-    def __init__(self, model, preprocess, device: torch.device, name: str = ""):
+    def __init__(self, model, preprocess, device: torch.device, name: str = "",
+                 batch_size: int = DEFAULT_BATCH_SIZE):
         self.model = model
         self.preprocess_cfg = preprocess
         self.device = device
         self.name = name
+        self.batch_size = batch_size
 
     @property
     def labels(self) -> list[str]:
@@ -38,26 +46,27 @@ class ClassifierPipeline:
         """Run at another resolution: same patches, bicubically resized position embeddings."""
         import dataclasses
 
-        from vlm.config import check_image_size
+        from vlm.limits import check_image_size_option
 
-        patch = self.model.cfg.vision.patch_size
-        try:
-            check_image_size(size, patch)
-        except ValueError:
-            raise UsageError(f"--image-size {size}: must be a positive multiple of the patch size {patch}") from None
+        check_image_size_option(size, self.model.cfg.vision.patch_size)
         self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
 
     def images_to_tensor(self, images) -> torch.Tensor:
-        from vlm.images import load_image, preprocess_batch
+        return self._tensor(self.load_images(images))
 
-        return preprocess_batch([load_image(im) for im in images], self.preprocess_cfg).to(self.device)
+    def _tensor(self, pil: list) -> torch.Tensor:
+        from vlm.images import preprocess_batch
+
+        return preprocess_batch(pil, self.preprocess_cfg).to(self.device)
 
     def label_indices(self, labels: Optional[Sequence[str]]) -> list[int]:
         """Indices of ``labels`` among the model's (all of them for None); an unknown label is an error."""
+        from vlm.prompts import check_labels
+
         if labels is None:
             return list(range(len(self.model.labels)))
         own = {name: i for i, name in enumerate(self.model.labels)}
-        clean = [str(x).strip() for x in labels]
+        clean = check_labels(labels)  # a string is refused, never iterated
         unknown = [x for x in clean if x not in own]
         if unknown:
             shown = ", ".join(self.model.labels[:5]) + (", ..." if len(self.model.labels) > 5 else "")
@@ -70,13 +79,22 @@ class ClassifierPipeline:
         """(N, C) logits over the model's labels."""
         return self.model(self.images_to_tensor(images)).logits.float()
 
-    def classify(self, images, labels: Optional[Sequence[str]] = None, top_k: int = 5,
-                 **_ignored) -> list[list[tuple[str, float]]]:
-        """Top-k (label, probability) per image; ``labels`` restricts the choice to those classes."""
-        if top_k < 1:
-            raise UsageError(f"--top-k {top_k}: must be at least 1")
+    @torch.inference_mode()
+    def classify(self, images, labels: Optional[Sequence[str]] = None, top_k: int = 5, *,
+                 on_error: str = "raise", **_ignored) -> list:
+        """Top-k (label, probability) per image; ``labels`` restricts the choice to those classes.
+
+        Zero-shot options (``templates``, ``label_embeds``) are accepted and ignored: the head is trained."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidOption("top_k", top_k, "must be at least 1")
         idx = self.label_indices(labels)
         names = [self.model.labels[i] for i in idx]
-        probs = self.logits(images)[:, idx].softmax(dim=-1)  # (N, C')
-        p, j = probs.topk(min(top_k, len(idx)), dim=-1)
-        return [[(names[c], float(q)) for q, c in zip(pr.tolist(), jr.tolist())] for pr, jr in zip(p, j)]
+        results: list = []
+        for pil, where, results in self._batches(images, on_error):
+            if not pil:
+                continue
+            probs = self.model(self._tensor(pil)).logits.float()[:, idx].softmax(dim=-1)  # (N, C')
+            p, j = probs.topk(min(top_k, len(idx)), dim=-1)
+            for n, pr, jr in zip(where, p.tolist(), j.tolist()):
+                results[n] = [(names[c], float(q)) for q, c in zip(pr, jr)]
+        return results
