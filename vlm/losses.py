@@ -39,13 +39,15 @@ def gather_features(x: Tensor, sizes: list[int] | None = None) -> Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_single
 
     sizes = sizes or _batch_sizes(x)
     if len(set(sizes)) == 1:
-        return torch.cat(all_gather(x), dim=0)  # (world * B, E)
-    padded = F.pad(x, (0, 0, 0, max(sizes) - x.shape[0]))  # (max B, E)
-    return torch.cat([part[:n] for part, n in zip(all_gather(padded), sizes)], dim=0)  # (sum B, E)
+        return all_gather_single(x.contiguous(), 0, dist.group.WORLD)  # (world * B, E)
+    b = max(sizes)
+    padded = F.pad(x, (0, 0, 0, b - x.shape[0]))  # (max B, E)
+    gathered = all_gather_single(padded, 0, dist.group.WORLD)  # (world * max B, E)
+    return torch.cat([gathered[r * b:r * b + n] for r, n in enumerate(sizes)], dim=0)  # (sum B, E)
 
 
 def contrastive_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor) -> Tensor:
