@@ -180,8 +180,8 @@ def test_karpathy_bad_inputs(karpathy_file, coco_dir, tmp_path):
 
 
 def test_open_caption_dir_single_layout_has_no_splits(tmp_path):
+    from vlm.data.layout import open_caption_dir
     from vlm.data.shapes import generate_shapes
-    from vlm.training.data import open_caption_dir
 
     data = generate_shapes(tmp_path / "shapes", 3, seed=2)
     ds = open_caption_dir(data)
@@ -193,7 +193,7 @@ def test_open_caption_dir_single_layout_has_no_splits(tmp_path):
 
 
 def test_open_caption_dir_reads_a_karpathy_root(karpathy_file, coco_dir):
-    from vlm.training.data import open_caption_dir
+    from vlm.data.layout import open_caption_dir
 
     (coco_dir / "annotations" / "captions_val2017.json").unlink()  # only dataset_coco.json + val2017/
     test = open_caption_dir(coco_dir, "test", load_images=False)

@@ -73,7 +73,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     dataclass_from_flags(GenerationConfig, args).validate()
     from vlm.evaluation.evaluate import evaluate_model, format_report, load_classes
-    from vlm.training.data import SplitError, open_caption_dir
+    from vlm.data.layout import SplitError, open_caption_dir
 
     try:  # the data dir, its split and classes.json are checked before the model loads
         n_images = len(open_caption_dir(data, args.split, load_images=False).image_ids())

@@ -107,7 +107,7 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     from vlm.evaluation.zeroshot import topk_accuracy
     from vlm.generation import SpecialTokens, generate
     from vlm.images import load_image, preprocess_batch
-    from vlm.training.data import open_caption_dir
+    from vlm.data.layout import open_caption_dir
 
     ds = open_caption_dir(data_dir, split, load_images=False)
     classes = load_classes(Path(data_dir))  # a bad classes.json stops the run before any captioning

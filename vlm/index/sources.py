@@ -121,7 +121,7 @@ def _hf_rows(path: Path, datasets: dict) -> list[Record]:
 
 def gather(sources: Sequence[str]) -> Gathered:
     """Every image the sources name, deduplicated by key, sorted by key."""
-    from vlm.training.data import is_single_layout, open_caption_dir
+    from vlm.data.layout import is_single_layout, open_caption_dir
 
     records: dict[str, Record] = {}
     errors: list[str] = []

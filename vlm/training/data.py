@@ -14,55 +14,10 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Optional
 
 from torch.utils.data import DataLoader, IterableDataset
 
-
-class SplitError(ValueError):
-    """A split name the dataset directory does not have (or a needed split left out)."""
-
-
-def is_single_layout(root) -> bool:
-    """A dataset dir with one ``annotations/captions.json`` (no splits), as ``vlm data shapes`` writes."""
-    return (Path(root) / "annotations" / "captions.json").is_file()
-
-
-def open_caption_dir(root, split: Optional[str] = None, transform=None, tokenize=None, load_images: bool = True):
-    """A caption dataset dir with its image-level view (``image_ids``, ``captions_for``, ``image_path``).
-
-    - ``annotations/captions.json`` + ``images/``: one set, a ``CocoCaptions``; it has no
-      splits, so ``split`` must be None;
-    - ``dataset_coco.json`` (+ the folders its ``filepath`` entries name, e.g. ``val2014/``):
-      a ``KarpathySplit`` of ``split`` (train, restval, val or test; needed);
-    - a COCO root: ``annotations/captions_{split}2017.json`` + ``{split}2017/``.
-
-    SplitError (a ValueError) for a split the layout does not have."""
-    from vlm.data.coco import KARPATHY_SPLITS, CocoCaptions, KarpathySplit
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such dataset directory")
-    if is_single_layout(root):
-        if split is not None:
-            raise SplitError(f"{root} has one annotations/captions.json (no splits): leave the split out")
-        return CocoCaptions(root / "images", root / "annotations" / "captions.json", transform, tokenize,
-                            load_images)
-    karpathy = root / "dataset_coco.json"
-    if karpathy.is_file():
-        if split not in KARPATHY_SPLITS:
-            raise SplitError(f"{karpathy} has the Karpathy splits {', '.join(KARPATHY_SPLITS)}: "
-                             + ("choose one" if split is None else f"not {split!r}"))
-        return KarpathySplit(karpathy, root, split, transform=transform, tokenize=tokenize,
-                             load_images=load_images)
-    if split:
-        official = root / "annotations" / f"captions_{split}2017.json"
-        if official.is_file():
-            return CocoCaptions(root / f"{split}2017", official, transform, tokenize, load_images)
-    want = ["annotations/captions.json", "dataset_coco.json"] + \
-        ([f"annotations/captions_{split}2017.json"] if split else [])
-    raise FileNotFoundError(f"{root}: not a COCO-format dataset "
-                            f"(expected {', '.join(want[:-1])} or {want[-1]})")
+from vlm.data.layout import is_single_layout, open_caption_dir
 
 
 def train_captions(cfg) -> list[str]:
