@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -40,7 +42,6 @@ class CheckpointMeta:
 
     zero_shot_templates: Optional[list[str]] = None  # prompt templates for zero-shot labels, "{}" = label
     converted_from: Optional[str] = None  # the source of converted weights, e.g. "open_clip:ViT-B-32/openai"
-    trained_by: Optional[str] = None  # the command that trained it, e.g. "vlm probe --model ... --train ..."
     trained_by: Optional[str] = None  # how a classifier head was made, e.g. "vlm probe --model default (wd 0.01)"
 
     def __post_init__(self) -> None:
@@ -63,12 +64,39 @@ class Checkpoint:
 
 def save_pretrained(model, directory, tokenizer=None, dtype: Optional[torch.dtype] = None,
                     extra: Optional[dict] = None) -> Path:
-    """Write config, weights (optionally cast, e.g. to float16 to halve the size) and tokenizer."""
-    from safetensors.torch import save_file
+    """Write config, weights (optionally cast, e.g. to float16 to halve the size) and tokenizer.
+
+    Atomic: the files are written under ``DIR.partial`` and fsynced first. A new directory is
+    then renamed into place; into an existing one each file is moved with ``os.replace``,
+    ``config.json`` (what makes a directory a checkpoint) last. A crash leaves the old
+    checkpoint or the new one, never a half-written mix."""
+    from vlm.atomic import commit_directory, fsync_tree, partial_path
 
     out = Path(directory)
     meta = configio.from_dict(CheckpointMeta, dict(extra or {}), "save_pretrained(extra=...)")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a directory")
+    work = partial_path(out)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    _write(model, work, tokenizer, dtype, meta)
+    if not out.exists():
+        commit_directory(work, out)
+        return out
+    fsync_tree(work)
+    for item in sorted(work.iterdir(), key=lambda p: p.name == CONFIG_NAME):  # config.json last
+        dest = out / item.name
+        if item.is_dir() and dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(item, dest)
+    shutil.rmtree(work)
+    return out
+
+
+def _write(model, out: Path, tokenizer, dtype: Optional[torch.dtype], meta: CheckpointMeta) -> None:
+    from safetensors.torch import save_file
+
     config = {"vlm_version": _version(), **model.cfg.to_dict()}
     if tokenizer is not None:  # the record names the tokenizer files written beside it
         config["tokenizer"] = tokenizer.type_name
@@ -81,7 +109,6 @@ def save_pretrained(model, directory, tokenizer=None, dtype: Optional[torch.dtyp
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "vlm_version": _version()})
     if tokenizer is not None:
         tokenizer.save(out)
-    return out
 
 
 def load_config(directory) -> ModelConfig:

@@ -62,7 +62,11 @@ class CLIP(nn.Module):
         self.visual.set_image_size(image_size)
         self.cfg = dataclasses.replace(self.cfg, vision=self.visual.cfg)
 
-    def forward(self, images: Tensor, text: Optional[Tensor] = None) -> ModelOutput:
+    def forward(self, images: Tensor, text: Optional[Tensor] = None, caption: bool = False) -> ModelOutput:
+        """Embeddings and the temperature; ``caption=True`` is refused (a CLIP has no decoder),
+        so that the two model types take the same arguments."""
+        if caption:
+            raise ValueError("caption=True: a CLIP has no caption decoder")
         return ModelOutput(
             image_embeds=self.encode_image(images),
             text_embeds=self.encode_text(text) if text is not None else None,
@@ -81,6 +85,8 @@ class CoCa(CLIP):
         self.decoder.grad_checkpointing = enable
 
     def forward(self, images: Tensor, text: Optional[Tensor] = None, caption: bool = True) -> ModelOutput:
+        """Embeddings, the temperature and (``caption``, with ``text``) the decoder's
+        teacher-forced next-token logits; ``caption=False`` skips the decoder."""
         vis = self.visual(images)
         image_embeds = F.normalize(vis.pooled, dim=-1)
         if text is None:

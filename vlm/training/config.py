@@ -56,8 +56,12 @@ class DataConfig:
     tokenizer_captions: int = 200_000  # streaming: captions read to train a SentencePiece model
 
 
+TASKS = ("caption", "classify")
+
+
 @dataclass
 class TrainConfig:
+    task: str = "caption"  # caption (CoCa/CLIP objective) | classify (a ViT with a classification head)
     # model
     model: Optional[str] = None  # a named architecture in vlm/model_configs (None: tiny, or init_from's)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # nested dict, from model.a.b=v keys
@@ -99,6 +103,8 @@ class TrainConfig:
     debug_nan_at_step: Optional[int] = None  # make the loss NaN at this step (tests the guard)
 
     def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}: must be one of {', '.join(TASKS)}")
         if self.data.kind not in DATA_KINDS:
             raise ValueError(f"data.kind={self.data.kind!r}: must be one of {', '.join(DATA_KINDS)}")
         if self.mixed_precision not in MIXED_PRECISION:

@@ -107,25 +107,19 @@ def has_val(cfg) -> bool:
     return bool(cfg.data.val_split or cfg.data.val_root) and not _val_on_training_dir(cfg)
 
 
-def build_loaders(cfg, model_cfg, tokenizer):
-    """(train_loader, val_loader or None, val dataset or None): plain DataLoaders for
-    ``accelerator.prepare`` (its seedable sampler reshuffles each epoch from the seed).
+def build_datasets(cfg, model_cfg, tokenizer):
+    """(train set, validation set or None) for the captioning task. A stream's training set
+    is shuffled through a buffer reseeded by ``set_epoch``; the validation set is at most
+    ``data.val_images`` images (one caption each) or rows of a stream.
 
     A single-layout ``data.root`` without ``data.val_root`` has no validation set
     (a warning on the ``vlm.training`` logger says so), never its own training images."""
-    from vlm.data.collate import collate
-
     tf = image_transform(model_cfg)
     tokenize = functools.partial(tokenizer, context_length=model_cfg.text.context_length)
     train = _dataset(cfg, "train", tf, tokenize)
     if isinstance(train, IterableDataset):  # streaming: a shuffle buffer, reseeded by set_epoch
         train = train.shuffle(seed=cfg.seed, buffer_size=cfg.data.shuffle_buffer)
-    train_loader = DataLoader(train, batch_size=cfg.data.batch_size, shuffle=not isinstance(train, IterableDataset),
-                              drop_last=True, collate_fn=collate, num_workers=cfg.data.num_workers)
-    if not isinstance(train, IterableDataset) and len(train_loader) == 0:
-        raise ValueError(f"data.root={cfg.data.root}: {len(train)} training pairs, fewer than one batch "
-                         f"of {cfg.data.batch_size}")
-    val = val_loader = None
+    val = None
     if _val_on_training_dir(cfg):
         logging.getLogger("vlm.training").warning(
             f"data.root={cfg.data.root} has one annotations/captions.json (no splits): no validation "
@@ -139,6 +133,27 @@ def build_loaders(cfg, model_cfg, tokenizer):
             val = torch.utils.data.Subset(val.images(), range(ids))  # one caption per image
         elif isinstance(val, IterableDataset):
             val = val.take(cfg.data.val_images)  # rows (captions), not images, of the stream
-        val_loader = DataLoader(val, batch_size=cfg.data.batch_size, shuffle=False, collate_fn=collate,
-                                num_workers=cfg.data.num_workers)
-    return train_loader, val_loader, val
+    return train, val
+
+
+def make_loaders(cfg, train, val, collate):
+    """(train_loader, val_loader or None): plain DataLoaders for ``accelerator.prepare`` (its
+    seedable sampler reshuffles each epoch from the seed); the training loader drops the last
+    partial batch. Any task's datasets: ``collate`` batches its items."""
+    stream = isinstance(train, IterableDataset)
+    train_loader = DataLoader(train, batch_size=cfg.data.batch_size, shuffle=not stream, drop_last=True,
+                              collate_fn=collate, num_workers=cfg.data.num_workers)
+    if not stream and len(train_loader) == 0:
+        raise ValueError(f"data.root={cfg.data.root}: {len(train)} training items, fewer than one batch "
+                         f"of {cfg.data.batch_size}")
+    val_loader = None if val is None else DataLoader(val, batch_size=cfg.data.batch_size, shuffle=False,
+                                                     collate_fn=collate, num_workers=cfg.data.num_workers)
+    return train_loader, val_loader
+
+
+def build_loaders(cfg, model_cfg, tokenizer):
+    """(train_loader, val_loader or None, val dataset or None) of the captioning task."""
+    from vlm.data.collate import collate
+
+    train, val = build_datasets(cfg, model_cfg, tokenizer)
+    return (*make_loaders(cfg, train, val, collate), val)

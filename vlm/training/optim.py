@@ -35,8 +35,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+def build_optimizer(model: nn.Module, cfg, groups: list[dict] | None = None) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (a task's own, e.g. layer-wise learning-rate decay; a group's
+    ``lr_scale`` multiplies ``cfg.lr``) or the two default weight-decay groups."""
+    groups = param_groups(model, cfg.weight_decay) if groups is None else groups
+    groups = [{**g, "lr": cfg.lr * g.get("lr_scale", 1.0)} for g in groups if g["params"]]
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)

@@ -1,0 +1,38 @@
+"""Exporting a model being trained: the full weights gathered from every process (FSDP-safe)
+into a fresh model on the CPU, then ``save_pretrained`` (atomic) by the main process.
+
+    export_pretrained(accelerator, model, "runs/x/model", tokenizer, dtype=torch.float16)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+
+def gathered_copy(accelerator, model, build: Callable):
+    """``build(cfg)`` on the meta device, filled with the gathered weights, or None off the main
+    process. Every process must call it (``get_state_dict`` is a collective under FSDP)."""
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return None
+    cfg = accelerator.unwrap_model(model).cfg
+    with torch.device("meta"):
+        fresh = build(cfg)
+    fresh = fresh.to_empty(device="cpu")
+    fresh.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+    return fresh
+
+
+def export_pretrained(accelerator, model, directory: Path, tokenizer=None, dtype: Optional[torch.dtype] = None,
+                      extra: Optional[dict] = None) -> None:
+    """save_pretrained of the full (gathered) weights; every process must call it."""
+    from vlm.checkpoint import save_pretrained
+    from vlm.model import create_model
+
+    fresh = gathered_copy(accelerator, model, create_model)
+    if fresh is not None:
+        save_pretrained(fresh, directory, tokenizer, dtype=dtype, extra=extra)
+    accelerator.wait_for_everyone()
