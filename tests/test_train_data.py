@@ -106,3 +106,41 @@ def test_hf_train_captions_decode_no_image(hf_folder, monkeypatch):
     cfg = TrainConfig(data=DataConfig(kind="hf", hf_name=str(hf_folder)))
     assert sorted(train_captions(cfg)) == [f"train caption {i}" for i in range(4)]
     assert decoded == []
+
+
+def _karpathy_root(shapes_dir: Path, root: Path) -> Path:
+    """The shapes scenes as a Karpathy root: dataset_coco.json + train2014/ and val2014/."""
+    meta = json.loads((shapes_dir / "annotations" / "captions.json").read_text())
+    caps: dict[int, list[str]] = {}
+    for ann in meta["annotations"]:
+        caps.setdefault(ann["image_id"], []).append(ann["caption"])
+    entries = []
+    for n, image in enumerate(meta["images"]):
+        split = "train" if n < 4 else "restval" if n < 6 else "val"
+        folder = root / ("val2014" if split == "val" else "train2014")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / image["file_name"]).write_bytes((shapes_dir / "images" / image["file_name"]).read_bytes())
+        entries.append({"filepath": folder.name, "filename": image["file_name"], "imgid": n, "split": split,
+                        "cocoid": image["id"], "sentences": [{"raw": c} for c in caps[image["id"]]]})
+    (root / "dataset_coco.json").write_text(json.dumps({"dataset": "coco", "images": entries}))
+    return root
+
+
+def test_karpathy_data_is_read_one_way(shapes, tmp_path):
+    """kind=karpathy (with or without data.karpathy_json) and kind=coco on a Karpathy root give the
+    same sets: one reader (vlm.data.layout.open_karpathy), one split error."""
+    root = _karpathy_root(shapes[0], tmp_path / "coco")
+    sets = [loaders(kind="karpathy", root=str(root), karpathy_json=str(root / "dataset_coco.json")),
+            loaders(kind="karpathy", root=str(root)), loaders(kind="coco", root=str(root))]
+    for train_loader, _, val_set in sets:
+        assert train_loader.dataset.image_ids() == [1, 2, 3, 4, 5, 6]  # train + restval
+        assert [val_set[i]["image_id"] for i in range(len(val_set))] == [7, 8]
+    errors = []
+    for kind in ("karpathy", "coco"):
+        with pytest.raises(ValueError, match=r"^data\.val_split=dev: .*dataset_coco\.json has the Karpathy "
+                                             r"splits train, restval, val, test: not 'dev'$") as e:
+            loaders(kind=kind, root=str(root), val_split="dev")
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
+    with pytest.raises(FileNotFoundError, match=r"no dataset_coco\.json \(set data\.karpathy_json\)"):
+        loaders(kind="karpathy", root=str(shapes[0]))

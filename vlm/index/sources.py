@@ -70,7 +70,8 @@ def _caption_index(ds) -> list[tuple[Path, str]]:
 
 
 def _coco_file(path: Path) -> list[tuple[Path, str]]:
-    from vlm.data.coco import CocoCaptions, KARPATHY_SPLITS, KarpathySplit
+    from vlm.data.coco import KARPATHY_SPLITS, CocoCaptions
+    from vlm.data.layout import open_karpathy
 
     data = json.loads(path.read_text())
     if isinstance(data, dict) and "annotations" in data:
@@ -81,8 +82,8 @@ def _coco_file(path: Path) -> list[tuple[Path, str]]:
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         pairs = []
         for split in KARPATHY_SPLITS:
-            pairs += _caption_index(KarpathySplit(path, path.parent, split, include_restval=False,
-                                                  load_images=False))
+            pairs += _caption_index(open_karpathy(path, path.parent, split, load_images=False,
+                                                  include_restval=False))
         return pairs
     raise ValueError("not a COCO captions or Karpathy split file")
 

@@ -46,7 +46,7 @@ class DataConfig:
     train_split: str = "train"  # COCO root: annotations/captions_{split}2017.json, images in {split}2017/
     val_root: Optional[str] = None  # a separate COCO-format dir for validation (shapes)
     val_split: Optional[str] = "val"  # None: no validation
-    karpathy_json: Optional[str] = None  # kind=karpathy: path to dataset_coco.json (root = image root)
+    karpathy_json: Optional[str] = None  # kind=karpathy: dataset_coco.json (None: root/dataset_coco.json), images under root
     hf_name: Optional[str] = None  # kind=hf: a local datasets directory or name
     batch_size: int = 64  # per process
     num_workers: int = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from vlm.data.layout import is_single_layout, open_caption_dir
+from vlm.data.layout import SplitError, is_single_layout, open_caption_dir, open_karpathy
 
 
 def train_captions(cfg) -> list[str]:
@@ -72,18 +72,19 @@ def image_transform(model_cfg):
 def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True):
     d = cfg.data
     split = d.train_split if which == "train" else d.val_split
-    if d.kind in ("shapes", "coco"):
-        root = d.val_root if which == "val" and d.val_root else d.root
-        if is_single_layout(root):
-            split = None  # the whole dir is the set; its split settings do not apply
-        return open_caption_dir(root, split, transform, tokenize, load_images)
-    if d.kind == "karpathy":
-        from vlm.data.coco import KarpathySplit
-
-        if not d.karpathy_json:
-            raise ValueError("data.kind=karpathy needs data.karpathy_json (dataset_coco.json)")
-        return KarpathySplit(d.karpathy_json, d.root, split, transform=transform, tokenize=tokenize,
-                             load_images=load_images)
+    try:
+        if d.kind in ("shapes", "coco"):
+            root = d.val_root if which == "val" and d.val_root else d.root
+            if is_single_layout(root):
+                split = None  # the whole dir is the set; its split settings do not apply
+            return open_caption_dir(root, split, transform, tokenize, load_images)
+        if d.kind == "karpathy":  # the reader of a Karpathy root given as kind=coco, with the file named
+            json_file = Path(d.karpathy_json or Path(d.root) / "dataset_coco.json")
+            if not d.karpathy_json and not json_file.is_file():
+                raise FileNotFoundError(f"data.root={d.root}: no dataset_coco.json (set data.karpathy_json)")
+            return open_karpathy(json_file, d.root, split, transform, tokenize, load_images)
+    except SplitError as e:
+        raise ValueError(f"data.{which}_split={split}: {e}") from None
     from vlm.data.hf import UnknownSplitError, load_caption_dataset
 
     spec = d.hf_name or d.root
