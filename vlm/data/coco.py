@@ -9,7 +9,8 @@ Both are map-style datasets with one item per (image, caption) pair, for
 training (item dicts as documented in ``vlm.data.collate``; ``None`` for a
 missing or unreadable image, counted in ``dataset.skips``), and expose the
 image-level view evaluation needs: ``image_ids()``, ``captions_for(id)``,
-``image_path(id)``, ``references()`` and ``images()`` (one item per image)::
+``image_path(id)``, ``references()`` and ``images()`` (one item per image); the
+interfaces are ``vlm.data.dataset.CaptionDataset`` and ``CaptionReferences``::
 
     ds = CocoCaptions("coco/val2017", "coco/annotations/captions_val2017.json",
                       transform=preprocess, tokenize=tokenizer)
@@ -28,7 +29,12 @@ from vlm.data.collate import SkipCounter, Tokenize, Transform, load_or_skip, mak
 
 
 class CaptionIndex:
-    """Shared logic: image id -> (path, captions), flattened into (image, caption) pairs."""
+    """Shared logic: image id -> (path, captions), flattened into (image, caption) pairs.
+
+    Implements both interfaces of ``vlm.data.dataset``: ``CaptionDataset`` (training) and
+    ``CaptionReferences`` (evaluation)."""
+
+    is_stream = False  # map-style: len(ds) and ds[i]
 
     def __init__(
         self,
@@ -86,9 +92,13 @@ class CaptionIndex:
         """{image_id: captions} for every image: the input of caption_metrics."""
         return {i: list(self._captions[i]) for i in self._ids}
 
-    def images(self) -> "ImageItems":
-        """A dataset with one item per image (caption = its first reference)."""
-        return ImageItems(self)
+    def captions(self, limit: Optional[int] = None) -> list[str]:
+        """Every caption in pair order (the first ``limit`` when given); no image is read."""
+        return [c for _, c in self._pairs[:limit]]
+
+    def images(self, limit: Optional[int] = None) -> "ImageItems":
+        """A dataset with one item per image (caption = its first reference), the first ``limit``."""
+        return ImageItems(self, limit)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self._ids)} images, {len(self._pairs)} captions)"
@@ -97,9 +107,11 @@ class CaptionIndex:
 class ImageItems:
     """One item per image of a ``CaptionIndex`` (for captioning / retrieval eval)."""
 
-    def __init__(self, index: CaptionIndex) -> None:
+    is_stream = False
+
+    def __init__(self, index: CaptionIndex, limit: Optional[int] = None) -> None:
         self.index = index
-        self._ids = index.image_ids()
+        self._ids = index.image_ids()[:limit]
 
     def __len__(self) -> int:
         return len(self._ids)

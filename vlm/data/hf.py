@@ -268,7 +268,9 @@ class _DecodedView:
 
 
 class HFCaptionDataset(_DecodedView):
-    """Map-style image-caption dataset over a ``datasets.Dataset``."""
+    """Map-style image-caption dataset over a ``datasets.Dataset`` (a ``vlm.data.dataset.CaptionDataset``)."""
+
+    is_stream = False
 
     def __init__(self, hf_dataset: Any, decoder: _RowDecoder) -> None:
         self.hf = hf_dataset
@@ -280,9 +282,17 @@ class HFCaptionDataset(_DecodedView):
     def __getitem__(self, index: int) -> Optional[dict]:
         return self._decode(self.hf[int(index)], int(index))
 
-    def captions(self) -> list[str]:
-        """Every non-empty caption, read from the caption column alone (no image is decoded)."""
-        return [c for c in map(caption_text, self.hf[self.caption_column]) if c]
+    def _first(self, limit: Optional[int]):
+        return self.hf if limit is None else self.hf.select(range(min(limit, len(self.hf))))
+
+    def captions(self, limit: Optional[int] = None) -> list[str]:
+        """Every non-empty caption (of the first ``limit`` rows when given), read from the caption
+        column alone (no image is decoded)."""
+        return [c for c in map(caption_text, self._first(limit)[self.caption_column]) if c]
+
+    def images(self, limit: Optional[int] = None) -> "HFCaptionDataset":
+        """The first ``limit`` rows (one row is one image), sharing this dataset's skip count."""
+        return self if limit is None else HFCaptionDataset(self._first(limit), self._decode)
 
     def __repr__(self) -> str:
         return (f"HFCaptionDataset({len(self)} rows, image={self.image_column!r}, "
@@ -293,7 +303,10 @@ def _make_streaming_class() -> type:
     import torch.utils.data
 
     class StreamingCaptionDataset(_DecodedView, torch.utils.data.IterableDataset):
-        """Iterable image-caption dataset over a streaming ``datasets.IterableDataset``."""
+        """Iterable image-caption dataset over a streaming ``datasets.IterableDataset`` (a
+        ``vlm.data.dataset.CaptionDataset`` with ``is_stream``)."""
+
+        is_stream = True
 
         def __init__(self, hf_dataset: Any, decoder: _RowDecoder) -> None:
             super().__init__()
@@ -310,6 +323,10 @@ def _make_streaming_class() -> type:
         def take(self, n: int) -> "StreamingCaptionDataset":
             """The first ``n`` rows of the stream."""
             return type(self)(self.hf.take(n), self._decode)
+
+        def images(self, limit: Optional[int] = None) -> "StreamingCaptionDataset":
+            """The first ``limit`` rows of the stream (one row is one image)."""
+            return self if limit is None else self.take(limit)
 
         def captions(self, limit: Optional[int] = None) -> list[str]:
             """Non-empty captions of the first ``limit`` rows (all without a limit); no image

@@ -17,17 +17,15 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, IterableDataset
 
+from vlm.data.dataset import CaptionDataset
 from vlm.data.layout import SplitError, is_single_layout, open_caption_dir, open_karpathy
 
 
 def train_captions(cfg) -> list[str]:
-    """Every training caption (for training a SentencePiece model), no image decoding."""
+    """Every training caption (for training a SentencePiece model), no image decoding; of a stream,
+    the first ``data.tokenizer_captions`` rows stand for the whole."""
     ds = _dataset(cfg, "train", None, None, load_images=False)
-    if hasattr(ds, "references"):
-        return [c for caps in ds.references().values() for c in caps]
-    if cfg.data.streaming:  # the first rows of the stream stand for the whole
-        return ds.captions(limit=cfg.data.tokenizer_captions)
-    return ds.captions()  # HFCaptionDataset: the caption column alone
+    return ds.captions(limit=cfg.data.tokenizer_captions if ds.is_stream else None)
 
 
 def build_tokenizer(cfg, model_cfg, out_dir: Path, is_main: bool, wait=lambda: None):
@@ -69,7 +67,7 @@ def image_transform(model_cfg):
     return functools.partial(preprocess, cfg=PreprocessConfig.for_model(model_cfg))
 
 
-def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True):
+def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True) -> CaptionDataset:
     d = cfg.data
     split = d.train_split if which == "train" else d.val_split
     try:
@@ -118,22 +116,15 @@ def build_datasets(cfg, model_cfg, tokenizer):
     tf = image_transform(model_cfg)
     tokenize = functools.partial(tokenizer, context_length=model_cfg.text.context_length)
     train = _dataset(cfg, "train", tf, tokenize)
-    if isinstance(train, IterableDataset):  # streaming: a shuffle buffer, reseeded by set_epoch
+    if train.is_stream:  # a shuffle buffer, reseeded by set_epoch (map-style data: the sampler shuffles)
         train = train.shuffle(seed=cfg.seed, buffer_size=cfg.data.shuffle_buffer)
     val = None
     if _val_on_training_dir(cfg):
         logging.getLogger("vlm.training").warning(
             f"data.root={cfg.data.root} has one annotations/captions.json (no splits): no validation "
             f"(set data.val_root to a validation dir, or data.val_split=null to silence this note)")
-    if has_val(cfg):
-        val = _dataset(cfg, "val", tf, tokenize)
-        if hasattr(val, "images"):
-            import torch
-
-            ids = min(len(val.images()), cfg.data.val_images)
-            val = torch.utils.data.Subset(val.images(), range(ids))  # one caption per image
-        elif isinstance(val, IterableDataset):
-            val = val.take(cfg.data.val_images)  # rows (captions), not images, of the stream
+    if has_val(cfg):  # one caption per image; of a stream or an HF table, its first rows
+        val = _dataset(cfg, "val", tf, tokenize).images(limit=cfg.data.val_images)
     return train, val
 
 
