@@ -213,6 +213,26 @@ def test_zero_shot_without_templates_or_labelled_images(known, monkeypatch):
     assert "zero-shot skipped: classes.json labels none of the evaluated images" in report["notes"]
 
 
+def test_shapes_check_is_a_metric_the_caller_opts_into(known, tiny, monkeypatch):
+    """The general evaluator knows nothing of shapes: a check passed in adds its entries and its
+    line; ``shapes_checks`` gives one for a `vlm data shapes` dir only."""
+    from vlm.evaluation.evaluate import evaluate_model, format_report
+    from vlm.evaluation.shapes_check import ShapesAttributeCheck, shapes_checks
+
+    monkeypatch.setattr("vlm.generation.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    plain = evaluate_model(KnownPipeline(), known, spice=False, meteor=False)
+    assert not any(k.startswith("shapes") for k in plain) and "shapes" not in format_report(plain)
+    assert shapes_checks(known) == [] and len(shapes_checks(tiny[1])) == 1
+    objects = {i: [{"color": name, "shape": "square"}] for i, name in enumerate(NAMES, start=1)}
+    checks = [ShapesAttributeCheck(objects)]
+    report = evaluate_model(KnownPipeline(), known, spice=False, meteor=False, checks=checks)
+    # images 1, 2, 3, 5 are red, green, blue, purple squares; 6 and 7 (white, black) name no shapes color
+    assert report["shapes_single_object_images"] == 6
+    assert report["shapes_attribute_accuracy"] == pytest.approx(4 / 6)
+    assert "shapes attribute accuracy (6 single-object images): 0.6667" in format_report(report, checks)
+    assert "shapes" not in format_report(report)
+
+
 # ---------------------------------------------------------------- bad inputs: one line before any work
 
 

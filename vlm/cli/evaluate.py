@@ -73,6 +73,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     dataclass_from_flags(GenerationConfig, args).validate()
     from vlm.evaluation.evaluate import evaluate_model, format_report, load_classes
+    from vlm.evaluation.shapes_check import shapes_checks
     from vlm.data.layout import SplitError, open_caption_dir
 
     try:  # the data dir, its split and classes.json are checked before the model loads
@@ -85,12 +86,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         load_classes(data)
     except ValueError as e:
         raise UsageError(str(e)) from None  # names classes.json
+    checks = shapes_checks(data)  # a `vlm data shapes` dir: its captions name known colors and shapes
     pipe = load_pipeline(args)
     bar = progress_bar("vlm evaluate", total=min(n_images, args.max_images or n_images), unit="img")
     try:
         report = evaluate_model(pipe, data, args.split, batch_size=args.batch_size, beams=args.beams,
                                 max_tokens=args.max_tokens, max_images=args.max_images, spice=not args.no_spice,
-                                meteor=not args.no_meteor, progress=bar.update if bar else None)
+                                meteor=not args.no_meteor, progress=bar.update if bar else None,
+                                checks=checks)
     except InvalidOption:  # an option (beams x batch too large): it names itself
         raise
     except ValueError as e:
@@ -99,7 +102,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if bar is not None:
             bar.close()
     report = {"model": pipe.name, "data": str(data), **report}
-    print(json.dumps(_clean(report)) if args.json else format_report(report))
+    print(json.dumps(_clean(report)) if args.json else format_report(report, checks))
     skipped = report.get("skipped_images", 0)
     if skipped:  # like caption: some inputs failed -> exit 1, the metrics of the rest still printed
         total = skipped + report.get("num_images", 0)

@@ -44,6 +44,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -58,6 +59,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 20),
 }
 SIZES: tuple[str, ...] = ("small", "large")
+DESCRIPTION = "vlm procedural shapes (vlm.data.shapes)"  # info.description of captions.json: a shapes set
+_MARK = "vlm procedural shapes"
 BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "striped", "checkered", "noisy")
 CLASSES: list[str] = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
 # Zero-shot prompts; article-free ("one {}") so "orange" needs no "an".
@@ -438,7 +441,7 @@ def generate_shapes(out_dir: str | Path, n: int, seed: int, image_size: int = 64
 
     coco = {
         "info": {
-            "description": "vlm procedural shapes (vlm.data.shapes)",
+            "description": DESCRIPTION,
             "version": "1.0",
             "seed": seed,
             "image_size": image_size,
@@ -451,6 +454,24 @@ def generate_shapes(out_dir: str | Path, n: int, seed: int, image_size: int = 64
     _write_json(out / "annotations" / "captions.json", coco)
     _write_json(out / "classes.json", {"classes": CLASSES, "templates": TEMPLATES, "labels": labels})
     return out
+
+
+def shapes_objects(root: str | Path) -> Optional[dict[int, list[dict]]]:
+    """Image id -> its objects (``shape``, ``color``, ...) for a dataset dir that ``generate_shapes``
+    wrote (its ``annotations/captions.json`` says so in ``info.description``); None for any other
+    dir, or one whose captions file cannot be read."""
+    try:
+        data = json.loads((Path(root) / "annotations" / "captions.json").read_text(encoding="utf-8"))
+        if not str(data.get("info", {}).get("description", "")).startswith(_MARK):
+            return None
+        return {int(im["id"]): list(im.get("objects", [])) for im in data["images"]}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
+def is_shapes_dir(root: str | Path) -> bool:
+    """A dataset dir written by ``generate_shapes`` (``vlm data shapes``)."""
+    return shapes_objects(root) is not None
 
 
 def png_bytes(rgb: np.ndarray, level: int = 1) -> bytes:
@@ -480,6 +501,7 @@ __all__ = [
     "BACKGROUNDS",
     "CLASSES",
     "COLORS",
+    "DESCRIPTION",
     "SHAPES",
     "SIZES",
     "TEMPLATES",
@@ -487,8 +509,10 @@ __all__ = [
     "ShapeObject",
     "caption_pool",
     "generate_shapes",
+    "is_shapes_dir",
     "png_bytes",
     "render_scene",
     "sample_scene",
     "scene_captions",
+    "shapes_objects",
 ]

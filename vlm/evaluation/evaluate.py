@@ -9,11 +9,12 @@ Reports, as in the CoCa paper's benchmarks (Yu et al. 2022):
   caption (``vlm.evaluation.retrieval``);
 - zero-shot: top-1/top-5 accuracy when the dataset has class labels
   (``classes.json`` with classes, templates and labels, as ``vlm data shapes`` writes);
-- ``shapes_attribute_accuracy``: on shapes data, the share of single-object
-  images whose caption names the correct color and shape.
+- the ``checks`` a caller passes: metrics of the generated captions that only some datasets
+  allow (``CaptionCheck``), e.g. ``shapes_checks(dir)`` of ``vlm.evaluation.shapes_check``, the
+  share of single-object shapes images whose caption names the correct color and shape.
 
     pipe = vlm.load("runs/shapes_tiny/model")
-    report = evaluate_model(pipe, "data/shapes_test")
+    report = evaluate_model(pipe, "data/shapes_test", checks=shapes_checks("data/shapes_test"))
 
 Run: ``vlm evaluate --model M --data DIR [--split val] [--json]``.
 """
@@ -22,20 +23,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional, Protocol, Sequence
 
 import torch
 
 from vlm.generation_config import GenerationConfig
 
 
-def _load_objects(ann_file: Path) -> dict[int, list]:
-    """image id -> objects for shapes data (empty for other datasets)."""
-    try:
-        images = json.loads(Path(ann_file).read_text()).get("images", [])
-    except (OSError, ValueError):
-        return {}
-    return {int(im["id"]): im["objects"] for im in images if isinstance(im.get("objects"), list)}
+class CaptionCheck(Protocol):
+    """A metric of the generated captions that a dataset allows (``evaluate_model(checks=...)``)."""
+
+    def __call__(self, captions: Mapping[int, str]) -> dict:
+        """{image_id: generated caption} -> report entries (JSON-safe; empty when nothing applies)."""
+        ...
+
+    def lines(self, report: Mapping) -> list[str]:
+        """Human-readable lines of its entries in ``report`` (``format_report``)."""
+        ...
 
 
 def load_classes(data_dir: Path) -> Optional[dict]:
@@ -96,14 +100,14 @@ def load_classes(data_dir: Path) -> Optional[dict]:
 @torch.inference_mode()
 def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int = 64, beams: int = 1,
                    max_tokens: int = GenerationConfig.max_tokens, max_images: Optional[int] = None, spice: bool = True,
-                   meteor: bool = True, progress=None) -> dict:
+                   meteor: bool = True, progress=None, checks: Sequence[CaptionCheck] = ()) -> dict:
     """All metrics the dataset allows for a loaded ``vlm.api.Pipeline`` (see the module docstring).
 
-    ``progress``, if given, is called with the number of images of each batch once it is done."""
+    ``checks`` add their entries to the report once captions are generated. ``progress``, if
+    given, is called with the number of images of each batch once it is done."""
     from vlm.data.collate import SkipCounter, load_or_skip
     from vlm.evaluation.captioning import evaluate_captions
     from vlm.evaluation.retrieval import retrieval_recall
-    from vlm.evaluation.shapes_check import shapes_attribute_accuracy
     from vlm.evaluation.zeroshot import topk_accuracy
     from vlm.generation import SpecialTokens, generate
     from vlm.images import load_image, preprocess_batch
@@ -168,18 +172,14 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     else:
         report["notes"].append("zero-shot skipped: no classes.json in the dataset")
 
-    ann = Path(data_dir) / "annotations" / "captions.json"
-    objects = _load_objects(ann) if ann.is_file() else {}
-    if captions and objects:
-        acc, n = shapes_attribute_accuracy(captions, objects)
-        if n:
-            report["shapes_attribute_accuracy"] = acc
-            report["shapes_single_object_images"] = n
+    if captions:  # metrics of the generated captions that this dataset allows
+        for check in checks:
+            report.update(check(captions))
     return report
 
 
-def format_report(report: dict) -> str:
-    """Human-readable lines of an ``evaluate_model`` report."""
+def format_report(report: dict, checks: Sequence[CaptionCheck] = ()) -> str:
+    """Human-readable lines of an ``evaluate_model`` report (with the lines of its ``checks``)."""
     lines = [f"images: {report['num_images']} (skipped {report['skipped_images']})"]
     if "captioning" in report:
         lines.append("captioning: " + ", ".join(f"{k}={v:.4f}" for k, v in report["captioning"].items()))
@@ -190,9 +190,8 @@ def format_report(report: dict) -> str:
         z = report["zero_shot"]
         lines.append(f"zero-shot ({z['num_images']} images, {z['num_classes']} classes): "
                      f"top1={z['top1']:.4f}, top5={z['top5']:.4f}")
-    if "shapes_attribute_accuracy" in report:
-        lines.append(f"shapes attribute accuracy ({report['shapes_single_object_images']} single-object "
-                     f"images): {report['shapes_attribute_accuracy']:.4f}")
+    for check in checks:
+        lines += check.lines(report)
     for ex in report.get("examples", [])[:3]:
         lines.append(f"  {ex['image_id']}: {ex['caption']!r} (ref: {ex['reference']!r})")
     lines += [f"note: {n}" for n in report["notes"]]

@@ -10,15 +10,19 @@ here because the scene graph is known.
 
     shapes_attribute_accuracy({1: "a red star"}, {1: [{"color": "red", "shape": "star"}]})  # -> (1.0, 1)
 
-Run: ``python -c "from vlm.evaluation.shapes_check import shapes_attribute_accuracy"``.
+``vlm evaluate`` adds it to the general metrics when the data dir is a shapes set (a
+``CaptionCheck`` of ``vlm.evaluation.evaluate``)::
+
+    report = evaluate_model(pipe, "data/shapes_test", checks=shapes_checks("data/shapes_test"))
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
-from vlm.data.shapes import COLORS, SHAPES
+from vlm.data.shapes import COLORS, SHAPES, shapes_objects
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -45,3 +49,27 @@ def shapes_attribute_accuracy(captions: Mapping[Hashable, str],
         return float("nan"), 0
     right = sum(caption_names_object(captions[i], objects[i][0]) for i in single)
     return right / len(single), len(single)
+
+
+class ShapesAttributeCheck:
+    """The attribute check as a ``CaptionCheck``: report entries ``shapes_attribute_accuracy`` and
+    ``shapes_single_object_images`` (none when no evaluated image holds one object)."""
+
+    def __init__(self, objects: Mapping[Hashable, Sequence[Mapping]]) -> None:
+        self.objects = objects
+
+    def __call__(self, captions: Mapping[Hashable, str]) -> dict:
+        acc, n = shapes_attribute_accuracy(captions, self.objects)
+        return {"shapes_attribute_accuracy": acc, "shapes_single_object_images": n} if n else {}
+
+    def lines(self, report: Mapping) -> list[str]:
+        if "shapes_attribute_accuracy" not in report:
+            return []
+        return [f"shapes attribute accuracy ({report['shapes_single_object_images']} single-object "
+                f"images): {report['shapes_attribute_accuracy']:.4f}"]
+
+
+def shapes_checks(data_dir: str | Path) -> list[ShapesAttributeCheck]:
+    """The checks a data dir opts into by being a shapes set (``vlm data shapes``): none for another dir."""
+    objects = shapes_objects(data_dir)
+    return [ShapesAttributeCheck(objects)] if objects else []
