@@ -80,7 +80,11 @@ def save_pretrained(model, directory, tokenizer=None, dtype: Optional[torch.dtyp
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    _write(model, work, tokenizer, dtype, meta)
+    try:
+        _write(model, work, tokenizer, dtype, meta)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     if not out.exists():
         commit_directory(work, out)
         return out
