@@ -144,3 +144,25 @@ def test_karpathy_data_is_read_one_way(shapes, tmp_path):
     assert errors[0] == errors[1]
     with pytest.raises(FileNotFoundError, match=r"no dataset_coco\.json \(set data\.karpathy_json\)"):
         loaders(kind="karpathy", root=str(shapes[0]))
+
+
+def test_kind_shapes_refuses_a_dir_vlm_data_shapes_did_not_write(shapes, tmp_path):
+    """kind=shapes is a checked name: a COCO-format dir of other origin is refused in one line
+    (data.root or data.val_root named), and reads as it did under kind=coco."""
+    import shutil
+
+    train, val = shapes
+    other = tmp_path / "other"
+    shutil.copytree(train, other)
+    meta = json.loads((other / "annotations" / "captions.json").read_text())
+    meta["info"]["description"] = "my own captions"
+    (other / "annotations" / "captions.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=rf"^data\.root={other}: not a dataset `vlm data shapes` wrote "
+                                         r"\(data\.kind=shapes\); for other COCO-format data set data\.kind=coco$"):
+        loaders(kind="shapes", root=str(other), val_split=None)
+    with pytest.raises(ValueError, match=rf"^data\.val_root={other}: not a dataset `vlm data shapes` wrote"):
+        loaders(kind="shapes", root=str(train), val_root=str(other))
+    train_loader, _, _ = loaders(kind="coco", root=str(other), val_split=None)
+    assert len(train_loader.dataset.image_ids()) == 8
+    with pytest.raises(FileNotFoundError, match="no such dataset directory"):
+        loaders(kind="shapes", root=str(tmp_path / "missing"))

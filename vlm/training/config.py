@@ -41,7 +41,7 @@ DEFAULT_MODEL = "tiny"  # the architecture when neither model nor init_from is g
 
 @dataclass
 class DataConfig:
-    kind: str = "shapes"  # coco | karpathy | hf; shapes = coco (`vlm data shapes` writes COCO-format dirs)
+    kind: str = "shapes"  # shapes (a dir `vlm data shapes` wrote, read as coco; checked) | coco | karpathy | hf
     root: str = "data/shapes"  # COCO-format dir (annotations/captions.json + images/) or a COCO root
     train_split: str = "train"  # COCO root: annotations/captions_{split}2017.json, images in {split}2017/
     val_root: Optional[str] = None  # a separate COCO-format dir for validation (shapes)

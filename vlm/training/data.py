@@ -1,9 +1,11 @@
 """Data for training: the tokenizer, the datasets and the DataLoaders a config asks for.
 
 Datasets come from ``vlm.data`` (COCO captions via pycocotools, Karpathy splits,
-Hugging Face ``datasets``); shapes data made by ``vlm data shapes`` is COCO
-format, so ``kind: shapes`` and ``kind: coco`` read it the same way. Missing or
-corrupt images become ``None`` items that ``vlm.data.collate`` drops and counts.
+Hugging Face ``datasets``); every kind is a ``vlm.data.dataset.CaptionDataset``, so
+nothing past opening one depends on the kind. ``kind: shapes`` reads a dir that
+``vlm data shapes`` wrote (COCO format, read as ``kind: coco`` reads it) and refuses
+any other. Missing or corrupt images become ``None`` items that ``vlm.data.collate``
+drops and counts.
 
     tokenizer = build_tokenizer(cfg, model_cfg, out_dir, is_main)
     train_loader, val_loader, val_set = build_loaders(cfg, model_cfg, tokenizer)
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from vlm.data.dataset import CaptionDataset
 from vlm.data.layout import SplitError, is_single_layout, open_caption_dir, open_karpathy
+from vlm.data.shapes import is_shapes_dir
 
 
 def train_captions(cfg) -> list[str]:
@@ -73,6 +76,10 @@ def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True) -> 
     try:
         if d.kind in ("shapes", "coco"):
             root = d.val_root if which == "val" and d.val_root else d.root
+            if d.kind == "shapes" and Path(root).is_dir() and not is_shapes_dir(root):
+                key = "val_root" if which == "val" and d.val_root else "root"
+                raise ValueError(f"data.{key}={root}: not a dataset `vlm data shapes` wrote (data.kind=shapes); "
+                                 f"for other COCO-format data set data.kind=coco")
             if is_single_layout(root):
                 split = None  # the whole dir is the set; its split settings do not apply
             return open_caption_dir(root, split, transform, tokenize, load_images)
