@@ -17,7 +17,7 @@ read (missing, truncated, not an image) are skipped when loaded and counted in
 ``dataset.skips`` (``vlm.data.collate.SkipCounter``), as everywhere in vlm.
 
     ds = open_labelled("data/shapes_cls/train")
-    ds.classes, len(ds), ds[0]            # ['blue circle', ...], 480, {"image": PIL, "label": 3, "path": ...}
+    ds.classes, len(ds), ds[0]            # ['blue circle', ...], 480, {"image": PIL, "label": 3, "path": ..., "index": 0}
     ds.with_transform(preprocess)         # items with image tensors, for a DataLoader (collate drops None)
 """
 
@@ -75,7 +75,7 @@ class LabelledImages:
             return None
         if self.transform is not None:
             image = self.transform(image)
-        return {"image": image, "label": self.targets[i], "path": self.source_name(i)}
+        return {"image": image, "label": self.targets[i], "path": self.source_name(i), "index": i}
 
     def remap(self, classes: Sequence[str], what: str = "the model") -> "LabelledImages":
         """The same items with targets indexing ``classes`` (e.g. a checkpoint's labels); a class of

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from vlm import configio
+from vlm.classify.train_config import ClassifyConfig, check_applies
 from vlm.errors import first_line
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -73,6 +74,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     # data
     data: DataConfig = field(default_factory=DataConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)  # task=classify: head, layer decay...
     # optimisation
     steps: int = 1000  # optimizer steps
     lr: float = 1e-3
@@ -137,6 +139,7 @@ class TrainConfig:
             raise ValueError(f"data.batch_size={self.data.batch_size}: must be at least 1")
         if self.export_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"export_dtype={self.export_dtype!r}: must be float32, float16 or bfloat16")
+        check_applies(self)  # a setting the chosen task would ignore
 
 
 def load_train_config(path: Optional[str], overrides: list[str] = ()) -> TrainConfig:
