@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--accum", type=int, default=1, help="grad_accum_steps (micro-batches per step)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="looptime-"))
-    subprocess.run([sys.executable, "-m", "vlm.cli", "data", "shapes", "--out", str(tmp / "data"), "--n", "96",
+    subprocess.run([sys.executable, "-m", "vlm", "data", "shapes", "--out", str(tmp / "data"), "--n", "96",
                     "--seed", "0"], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": args.after})
     per_step: dict[str, list[float]] = {"before": [], "after": []}
     n = 0
