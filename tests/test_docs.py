@@ -171,11 +171,7 @@ def check_without_running(block: Block) -> None:
             name, argv = cmd[1], cmd[2:]
             assert name in COMMANDS, f"{block}: vlm {name}: no such command"
             module = importlib.import_module(COMMANDS[name][0])
-            if name == "data":
-                from vlm.data.shapes_cli import build_parser
-                assert argv[0] == "shapes", f"{block}: vlm data {argv[0]}"
-                build_parser().parse_args(argv[1:])
-            elif hasattr(module, "build_parser"):
+            if hasattr(module, "build_parser"):
                 try:
                     module.build_parser().parse_args(argv)
                 except SystemExit:

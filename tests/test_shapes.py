@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from vlm.cli.data import main as data_main
 from vlm.data.shapes import BACKGROUNDS, CLASSES, COLORS, SHAPES, generate_shapes
-from vlm.data.shapes_cli import main as shapes_main
 
 N = 40
+
+
+def shapes_main(argv: list[str]) -> int:
+    return data_main(["shapes", *argv])
 
 
 @pytest.fixture(scope="module")

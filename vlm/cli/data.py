@@ -1,29 +1,96 @@
-"""``vlm data SUBCOMMAND``: dataset tools. ``vlm data shapes`` writes the procedural shapes dataset."""
+"""``vlm data SUBCOMMAND``: dataset tools. ``vlm data shapes`` writes the procedural shapes dataset.
+
+    vlm data shapes --out data/shapes --n 20000 --seed 0 [--image-size 64]
+    vlm data shapes --layout classes --out data/shapes_cls --n 480 --seed 0 [--classes 4]
+
+``--layout classes`` writes class-per-folder single-object images (for ``vlm probe`` and
+classification training). Into an existing directory it replaces an earlier shapes dataset
+(images of a larger earlier run are removed), and refuses a directory that holds something
+else. A progress bar shows on a terminal. The data itself: ``vlm.data.shapes``.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Optional
 
 from vlm.cli.common import Parser
-
-SUBCOMMANDS = {"shapes": "write the procedural shapes dataset (COCO captions format)"}
+from vlm.errors import UsageError
 
 
 def build_parser() -> Parser:
     p = Parser(prog="vlm data", description="Dataset tools.")
     sub = p.add_subparsers(dest="what", metavar="{shapes}", parser_class=Parser)
     sub.required = True
-    for name, help_ in SUBCOMMANDS.items():
-        sub.add_parser(name, help=help_, add_help=False)
+    shapes = sub.add_parser("shapes", help="write the procedural shapes dataset (COCO captions format)",
+                            description="Write procedural shape scenes with captions in the COCO captions format.")
+    shapes.add_argument("--out", required=True, help="output folder (images/, annotations/, classes.json); "
+                        "an earlier shapes dataset there is replaced")
+    shapes.add_argument("--n", type=int, required=True, help="number of images (ids 1..n)")
+    shapes.add_argument("--seed", type=int, required=True, help="random seed (same seed: identical files)")
+    shapes.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    shapes.add_argument("--layout", choices=("coco", "classes"), default="coco",
+                        help="coco: captions (default); classes: one folder per color+shape class")
+    shapes.add_argument("--classes", type=int, default=None, metavar="K",
+                        help="--layout classes: keep the first K of the 24 classes")
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(argv or [])
-    parser = build_parser()
-    if not argv or argv[0] not in SUBCOMMANDS:
-        parser.parse_args(argv)  # --help, a missing or unknown subcommand: argparse's one line
-        return 2
-    from vlm.data.shapes_cli import main as shapes_main
+    from vlm.cli.main import guarded
 
-    return shapes_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return guarded(f"vlm data {args.what}", lambda: shapes(args))
+
+
+def foreign_content(out: Path) -> Optional[str]:
+    """Why ``out`` holds something other than a shapes dataset (so it must not be written into), or None."""
+    from vlm.data.shapes import is_shapes_dir
+
+    captions = out / "annotations" / "captions.json"
+    if captions.is_file():
+        return None if is_shapes_dir(out) else f"{captions} is not from vlm data shapes"
+    if (out / "images").is_dir() and any((out / "images").iterdir()):
+        return f"{out / 'images'} holds files but there is no annotations/captions.json"
+    return None
+
+
+def shapes(args) -> int:
+    from vlm.cli.common import progress_bar
+    from vlm.errors import first_line
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    why = foreign_content(out) if out.is_dir() else None
+    if why:
+        raise UsageError(f"--out {out}: {why}; choose a new or empty directory")
+    start = time.perf_counter()
+    if args.layout == "classes":  # the class-folder writer reports no progress
+        from vlm.classify.shapes import generate_class_folders
+
+        try:
+            out = generate_class_folders(out, n=args.n, seed=args.seed, image_size=args.image_size,
+                                         classes=args.classes)
+        except (ValueError, OSError) as exc:
+            raise UsageError(first_line(exc)) from None
+        print(f"wrote {args.n} images into class folders under {out} in {time.perf_counter() - start:.1f} s")
+        return 0
+    from vlm.data.shapes import generate_shapes
+
+    bar = progress_bar("vlm data shapes", total=args.n, unit="img") if args.n > 0 else None
+    try:
+        out = generate_shapes(out, n=args.n, seed=args.seed, image_size=args.image_size,
+                              progress=(lambda _: bar.update(1)) if bar is not None else None)
+    except (ValueError, OSError) as exc:
+        raise UsageError(first_line(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.n} images to {out / 'images'} in {seconds:.1f} s "
+          f"({args.n / max(seconds, 1e-9):.0f} images/s)\n"
+          f"captions: {out / 'annotations' / 'captions.json'}\n"
+          f"zero-shot classes: {out / 'classes.json'}")
+    return 0

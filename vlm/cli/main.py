@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 COMMANDS = {
     "caption": ("vlm.cli.caption", "caption images"),
@@ -77,17 +77,22 @@ def _show_notes_as_lines(name: str) -> None:
 def run_command(name: str, argv: list[str]) -> int:
     """Run one subcommand, turning every expected failure into one line and an exit status."""
     _show_notes_as_lines(name)
+    return guarded(f"vlm {name}", lambda: importlib.import_module(COMMANDS[name][0]).main(argv))
+
+
+def guarded(prog: str, run: Callable[[], int]) -> int:
+    """``run()``'s exit status, every expected failure one ``PROG: error: ...`` line and status 2
+    (a command with subcommands, ``vlm data``, names the subcommand it runs this way)."""
     from vlm.errors import VlmError, first_line
 
     try:
-        module = importlib.import_module(COMMANDS[name][0])
-        return module.main(argv)
+        return run()
     except VlmError as e:
         message = e.cli_message() if hasattr(e, "cli_message") else str(e)
-        print(f"vlm {name}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vlm {name}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`vlm caption DIR | head -1`): stop quietly, as cat does
         _silence_stdout()
@@ -98,7 +103,7 @@ def run_command(name: str, argv: list[str]) -> int:
         if os.environ.get("VLM_DEBUG"):
             raise
         msg = first_line(e) if str(e).strip() else ""
-        print(f"vlm {name}: internal error: {type(e).__name__}: {msg} (set VLM_DEBUG=1 for the traceback)",
+        print(f"{prog}: internal error: {type(e).__name__}: {msg} (set VLM_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 2
 
