@@ -38,7 +38,9 @@ class ClassifyTask(Task):
         if cfg.data.val_root:
             val = _open(cfg.data.val_root, cfg.data.kind, min_classes=1).remap(labels, f"the training data {cfg.data.root}")
         self.labels, self.start = labels, {}
-        self.train_set = train.with_transform(_transform(model.cfg, c.augment))
+        self.train_set = train.with_transform(_transform(model.cfg))
+        if c.augment:
+            self.train_set = Cropped(train, _transform(model.cfg), cfg.seed)
         self.val_full = val.with_transform(_transform(model.cfg)) if val else None
         self.val_set = _subset(self.val_full, cfg.data.val_images) if val else None
         if not cfg.resume:  # a resumed run takes every weight from its checkpoint
@@ -67,6 +69,10 @@ class ClassifyTask(Task):
             fit = linear_probe(embed(model, pre, self.train_set), embed(model, pre, self.val_full), len(self.labels))
             model.set_head(fit.weight, fit.bias)
             model.train()
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.train_set, Cropped):
+            self.train_set.epoch = epoch
 
     def loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
         logits = model(batch["image"]).logits.float()  # (B, C)
@@ -115,34 +121,44 @@ def _open(spec: str, kind: str, min_classes: int = 2):
     return open_labelled(spec, min_classes=min_classes)
 
 
-def _transform(model_cfg, augment: bool = False):
+def _transform(model_cfg):
     import functools
 
     from vlm.images import PreprocessConfig, preprocess
 
-    pre = PreprocessConfig.for_model(model_cfg)
-    if augment:
-        return functools.partial(_augmented, cfg=pre)
-    return functools.partial(preprocess, cfg=pre)
+    return functools.partial(preprocess, cfg=PreprocessConfig.for_model(model_cfg))
 
 
-def _augmented(image, cfg):
-    """Random-resized crop (Inception-style, scale 0.35-1, aspect 3/4-4/3), then the eval transform."""
-    import math
-    import random
+class Cropped(torch.utils.data.Dataset):
+    """Training items under a random-resized crop (Inception-style: scale 0.35-1, aspect 3/4-4/3),
+    then the eval transform. Each crop depends only on (seed, epoch, index), not on a global
+    RNG that the loader's prefetching runs ahead of: a resumed run crops as the uninterrupted one."""
 
-    from vlm.images import preprocess
+    def __init__(self, images, transform, seed: int):
+        self.images, self.transform, self.seed, self.epoch = images, transform, seed, 0
 
-    w, h = image.size
-    for _ in range(10):
-        area = w * h * random.uniform(0.35, 1.0)
-        ratio = math.exp(random.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
-        if 0 < cw <= w and 0 < ch <= h:
-            x, y = random.randint(0, w - cw), random.randint(0, h - ch)
-            image = image.crop((x, y, x + cw, y + ch))
-            break
-    return preprocess(image, cfg)
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        import math
+        import random
+
+        item = self.images[i]  # PIL image (no transform), or None when unreadable
+        if item is None:
+            return None
+        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+        image = item["image"]
+        w, h = image.size
+        for _ in range(10):
+            area = w * h * rng.uniform(0.35, 1.0)
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+                image = image.crop((x, y, x + cw, y + ch))
+                break
+        return {**item, "image": self.transform(image)}
 
 
 def _subset(ds, n: int):

@@ -37,6 +37,7 @@ def train(cfg) -> dict:
     try:
         while state.step < cfg.steps and not stopping(run):
             run.train_loader.set_epoch(state.epoch)  # seeded shuffle: seed + epoch
+            run.task.set_epoch(state.epoch)  # e.g. reseeds a task's data augmentation
             loader = acc.skip_first_batches(run.train_loader, state.batches) if state.batches else run.train_loader
             trained, resumed_mid_epoch = 0, state.batches > 0
             losses = StepLosses()

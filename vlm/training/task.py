@@ -67,6 +67,10 @@ class Task:
     def after_step(self, model) -> None:
         """Called after every optimizer step (e.g. to clamp a temperature)."""
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called when an epoch of the training data starts (e.g. to reseed data augmentation by
+        epoch, so that a resumed run crops as the uninterrupted one did)."""
+
     @torch.no_grad()
     def evaluate(self, accelerator, model, val_loader) -> dict[str, float]:
         """Validation metrics over every process's share of ``val_loader``: the mean loss parts
