@@ -23,6 +23,16 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+def free_port() -> int:
+    """A TCP port free now on 127.0.0.1, for a torchrun rendezvous: the default 29500 clashes
+    with any other distributed run on the machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def shrink(cfg, vocab: int = 1000):
     """The same architecture (pooling, CLS layout, decoder) at tiny width and depth."""
     cfg = copy.deepcopy(cfg)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_vlm
+from conftest import REPO, free_port, run_vlm
 
 pytest.importorskip("faiss")
 
@@ -197,7 +197,7 @@ def test_two_accelerate_processes_give_the_one_process_index(shapes, tmp_path):
     assert r.returncode == 0, r.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "vlm.cli.main", "index", str(shapes / "images"), "--out", str(two), "--shard-size", "16",
            "--workers", "0"]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

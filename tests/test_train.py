@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from vlm.data.shapes import generate_shapes
 from vlm.training import load_train_config, train
 from vlm.training.optim import decays
@@ -29,6 +31,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "ACCELERAT
 # ACCELERATE_USE_CPU=1 makes each process a MULTI_CPU one. (`--cpu --num_processes 2` would start
 # ONE process: Accelerate's simple launcher.)
 TWO_CPU_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                     "--main_process_port", str(free_port()),
                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
@@ -209,6 +212,19 @@ def test_streaming_hf_data_trains_and_resumes_on_the_same_trajectory(shapes_imag
     a, b = losses(full / "losses.jsonl"), losses(part / "losses.jsonl")
     assert sorted(b) == list(range(1, 15))
     assert torch.allclose(torch.tensor([a[s] for s in a]), torch.tensor([b[s] for s in a]), rtol=1e-4, atol=1e-5)
+
+
+def test_streaming_validation_reports_loss_and_sample_captions(shapes_imagefolder, tmp_path, capsys):
+    """A streamed validation split (HF imagefolder val/): its loss and greedy captions, mid-run."""
+    root = tmp_path / "split"
+    shutil.copytree(shapes_imagefolder, root / "train")
+    shutil.copytree(shapes_imagefolder, root / "val")
+    train(load_train_config(MICRO, ["data.kind=hf", f"data.root={root}", "data.streaming=true", "data.val_split=val",
+                                    "data.val_images=40", "data.batch_size=8", "steps=2", "eval_every=2",
+                                    "eval_captions=2", f"output_dir={tmp_path / 'run'}"]))
+    out = capsys.readouterr().out
+    assert re.search(r"step 2: val/contrastive=\d.*val/total=\d", out), out
+    assert len(re.findall(r"^  '.*' \(ref: '.+'\)$", out, flags=re.M)) == 2, out
 
 
 def test_streaming_on_two_processes(shapes_imagefolder, tmp_path):

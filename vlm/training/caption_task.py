@@ -8,6 +8,7 @@ directory that ``vlm.load`` reads; evaluation adds greedy sample captions to the
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Optional
@@ -66,7 +67,8 @@ class CaptionTask(Task):
         net = accelerator.unwrap_model(model)
         if getattr(net, "decoder", None) is None:
             return []
-        items = [it for it in (val_set[i] for i in range(min(n, len(val_set)))) if it is not None]
+        # the first n readable items (a stream has no len(); unreadable images are None)
+        items = list(itertools.islice((it for it in iter(val_set) if it is not None), n))
         if not items:
             return []
         images = torch.stack([it["image"] for it in items]).to(accelerator.device)

@@ -113,7 +113,8 @@ def evaluate(run) -> dict[str, float]:
     metrics = run.task.evaluate(acc, run.model, run.val_loader)
     acc.log(metrics, step=run.state.step)
     lines = run.task.report(acc, run.model) if acc.is_main_process else []
-    acc.print(f"step {run.state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    acc.print(f"step {run.state.step}: " + (", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                                            or "no usable validation batch (unreadable images)"))
     for line in lines:
         acc.print(f"  {line}")
     return metrics
