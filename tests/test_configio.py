@@ -69,6 +69,18 @@ def test_dotted_overrides_merge_section_by_section():
         configio.dotted_overrides(["inner.width"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.bogus=1", "override data.bogus=1: unknown key data.bogus (known: kind,"),
+    ("steps=abc", "override steps=abc: steps='abc': expected a whole number"),
+    ("model.vision.bogus=2", "override model.vision.bogus=2: unknown key model.vision.bogus (known: image_size,"),
+    ("image_size=big", "override image_size=big: model.vision.image_size='big': expected a whole number"),
+])
+def test_a_bad_override_is_named_as_the_override_not_the_file(override, message):
+    with pytest.raises(configio.ConfigError) as e:
+        load_train_config(MICRO, [override])
+    assert str(e.value).startswith(message), str(e.value)
+
+
 def test_generation_config_loads_through_the_same_loader():
     from vlm.generation import GenerationConfig
 

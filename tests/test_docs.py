@@ -125,6 +125,7 @@ READER_FILES = ("photo.jpg", "img/", "labels.txt")
 
 
 def environment(clone: Path, home: Path) -> dict:
+    """An activated environment, as the README asks for: this interpreter's bin/ first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "VLM_"))}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(clone),
                HOME=str(home), HF_HOME=str(home / "hf"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",

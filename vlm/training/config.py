@@ -164,7 +164,10 @@ def load_train_config(path: Optional[str], overrides: list[str] = ()) -> TrainCo
         if not isinstance(raw, dict):
             raise ValueError(f"--config {path}: must be a mapping of keys to values")
     pairs = [(k, raw.pop(k)) for k in [k for k in raw if "." in str(k)]]  # dotted keys in the file
-    pairs += configio.parse_overrides(overrides)
+    given = configio.parse_overrides(overrides)
+    for (key, value), text in zip(given, overrides):  # a bad override is named as such, not as the file's
+        _check_override(key, value, f"override {text}", raw.get("model"))
+    pairs += given
     for key, value in pairs:
         if key.startswith("model."):
             configio.set_dotted(raw.setdefault("model_overrides", {}), key[len("model."):], value, source)
@@ -189,6 +192,20 @@ def load_train_config(path: Optional[str], overrides: list[str] = ()) -> TrainCo
     if not cfg.init_from:
         model_config(cfg, source)  # the architecture with its overrides: checked here, once
     return cfg
+
+
+def _check_override(key: str, value: Any, source: str, model: Optional[str]) -> None:
+    """An override's key and type on their own, so that its error names the override."""
+    if key.split(".")[0] in SHORT_KEYS:
+        key = "model." + SHORT_KEYS[key.split(".")[0]]
+    if key.startswith("model."):
+        tree: dict = {}
+        configio.set_dotted(tree, key[len("model."):], value, source)
+        model_config(TrainConfig(model=model if isinstance(model, str) else None, model_overrides=tree), source)
+        return
+    tree = {}
+    configio.set_dotted(tree, key, value, source)
+    configio.from_dict(TrainConfig, tree, source)
 
 
 def model_config(cfg: TrainConfig, source: str = "config"):
