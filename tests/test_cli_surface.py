@@ -268,6 +268,23 @@ def test_long_work_shows_a_progress_bar_on_a_terminal(tiny_checkpoint, tmp_path)
     assert "it/s" not in run_vlm("data", "shapes", "--out", tmp_path / "t", "--n", "3", "--seed", "0").stderr
 
 
+def test_classifier_work_shows_a_progress_bar_on_a_terminal(tmp_path):
+    from vlm.classify.shapes import generate_class_folders
+
+    train, val = tmp_path / "train", tmp_path / "val"
+    shown = _run_on_a_terminal(["data", "shapes", "--layout", "classes", "--out", train, "--n", "24", "--seed", "0",
+                                "--classes", "2"])
+    assert "vlm data shapes:" in shown and "0/24" in shown and "img/s" in shown
+    generate_class_folders(val, n=12, seed=1, classes=2)
+    shown = _run_on_a_terminal(["probe", "--train", train, "--val", val, "--cache", "", "--out", tmp_path / "clf",
+                                "--batch-size", "8"])
+    assert "vlm probe (train):" in shown and "/24" in shown and "vlm probe (val):" in shown and "/12" in shown
+    shown = _run_on_a_terminal(["evaluate", "--model", tmp_path / "clf", "--data", val, "--batch-size", "4"])
+    assert "vlm evaluate:" in shown and "/12" in shown
+    r = run_vlm("data", "shapes", "--layout", "classes", "--out", tmp_path / "quiet", "--n", "6", "--seed", "0")
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # no terminal: no bar
+
+
 def test_readme_flag_table_agrees_with_every_command():
     """README's "command | model flags" table: each command's --help has exactly the model flags the
     table gives it, and every `vlm` command has a row."""

@@ -14,9 +14,10 @@ from vlm.classify.probe import embed
 
 
 @torch.no_grad()
-def evaluate_classifier(model, preprocess, dataset, batch_size: int = 64) -> tuple[dict, torch.Tensor]:
-    """``dataset``'s targets must index ``model.labels`` (``LabelledImages.remap``)."""
-    feats = embed(model, preprocess, dataset, batch_size)
+def evaluate_classifier(model, preprocess, dataset, batch_size: int = 64, progress=None) -> tuple[dict, torch.Tensor]:
+    """``dataset``'s targets must index ``model.labels`` (``LabelledImages.remap``); ``progress``
+    is called with the number of images of each batch once it is done."""
+    feats = embed(model, preprocess, dataset, batch_size, progress=progress)
     device = next(model.parameters()).device
     logits = model.head(feats.x.to(device)).float().cpu() if len(feats.y) else torch.empty(0, len(model.labels))
     conf = confusion_matrix(logits.argmax(dim=1), feats.y, len(model.labels)) if len(feats.y) else \

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,10 @@ def _fingerprint(model, preprocess, dataset, model_id: str) -> str:
 
 @torch.no_grad()
 def embed(model, preprocess, dataset, batch_size: int = 64, cache_dir: Optional[os.PathLike] = None,
-          model_id: str = "") -> Features:
-    """Head inputs of every readable image of ``dataset`` (a ``LabelledImages``), cached."""
+          model_id: str = "", progress: Optional[Callable[[int], None]] = None) -> Features:
+    """Head inputs of every readable image of ``dataset`` (a ``LabelledImages``), cached.
+    ``progress``, if given, is called with the number of images of each batch once it is done
+    (not at all when the features come from the cache)."""
     from vlm.images import preprocess as prep
 
     path = None
@@ -78,7 +80,7 @@ def embed(model, preprocess, dataset, batch_size: int = 64, cache_dir: Optional[
     xs, ys, skips = [], [], SkipCounter()
     ds = dataset.with_transform(lambda im: prep(im, preprocess))
     ds.skips = skips
-    batch, labels = [], []
+    batch, labels, done = [], [], 0
     for i in range(len(ds)):
         item = ds[i]
         if item is not None:
@@ -88,6 +90,9 @@ def embed(model, preprocess, dataset, batch_size: int = 64, cache_dir: Optional[
             xs.append(model.features(torch.stack(batch).to(device)).float().cpu())
             ys += labels
             batch, labels = [], []
+        if progress is not None and (i + 1 - done == batch_size or i == len(ds) - 1):
+            progress(i + 1 - done)  # unreadable images count as done
+            done = i + 1
     x = torch.cat(xs) if xs else torch.empty(0, model.cfg.feature_dim)
     feats = Features(x, torch.tensor(ys, dtype=torch.long), skips.skipped)
     if path is not None:

@@ -10,7 +10,7 @@ an allowed class. Run: ``vlm data shapes --layout classes --out data/shapes_cls 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -18,9 +18,10 @@ from vlm.data.shapes import CLASSES, png_bytes, render_scene, sample_scene
 
 
 def generate_class_folders(out_dir, n: int, seed: int, image_size: int = 64,
-                           classes: Optional[int] = None) -> Path:
+                           classes: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> Path:
     """Write ``n`` single-object images into ``out_dir/CLASS/``; ``classes`` keeps the first k of
-    the 24 color+shape classes (all by default)."""
+    the 24 color+shape classes (all by default). ``progress``, if given, is called with each
+    image id once it is written."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r}: must be a positive integer")
     if not isinstance(seed, int) or seed < 0:
@@ -42,4 +43,6 @@ def generate_class_folders(out_dir, n: int, seed: int, image_size: int = 64,
                 break
         image = render_scene(scene, rng, image_size)
         (out / scene.objects[0].class_name / f"{image_id:06d}.png").write_bytes(png_bytes(np.asarray(image)))
+        if progress is not None:
+            progress(image_id)
     return out

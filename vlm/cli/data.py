@@ -67,14 +67,19 @@ def shapes(args) -> int:
     if why:
         raise UsageError(f"--out {out}: {why}; choose a new or empty directory")
     start = time.perf_counter()
-    if args.layout == "classes":  # the class-folder writer reports no progress
+    if args.layout == "classes":
         from vlm.classify.shapes import generate_class_folders
 
+        bar = progress_bar("vlm data shapes", total=args.n, unit="img") if args.n > 0 else None
         try:
             out = generate_class_folders(out, n=args.n, seed=args.seed, image_size=args.image_size,
-                                         classes=args.classes)
+                                         classes=args.classes,
+                                         progress=(lambda _: bar.update(1)) if bar is not None else None)
         except (ValueError, OSError) as exc:
             raise UsageError(first_line(exc)) from None
+        finally:
+            if bar is not None:
+                bar.close()
         print(f"wrote {args.n} images into class folders under {out} in {time.perf_counter() - start:.1f} s")
         return 0
     from vlm.data.shapes import generate_shapes

@@ -34,14 +34,20 @@ def main_classifier(args) -> int:
     if plot and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--plot {plot}: must end in .png, .pdf or .svg")
     from vlm.classify.evaluate import confusion_plot, evaluate_classifier
-    from vlm.cli.common import load_pipeline
+    from vlm.cli.common import load_pipeline, progress_bar
 
     pipe = load_pipeline(args)
     try:
         data = data.remap(pipe.labels, f"the classifier {pipe.name}")
     except ValueError as e:
         raise UsageError(f"--data {e}") from None
-    report, conf = evaluate_classifier(pipe.model, pipe.preprocess_cfg, data, args.batch_size)
+    bar = progress_bar("vlm evaluate", total=len(data), unit="img")
+    try:
+        report, conf = evaluate_classifier(pipe.model, pipe.preprocess_cfg, data, args.batch_size,
+                                           progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     if report["images"] == 0:
         raise UsageError(f"--data {args.data}: no readable images ({report['skipped']} skipped)")
     if plot:

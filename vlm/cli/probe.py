@@ -47,6 +47,19 @@ def _open(spec: str, flag: str):
         raise UsageError(f"{flag} {e}") from None
 
 
+def _embed(model, pre, data, args, cache, name: str, split: str):
+    """``embed`` with a progress bar on a terminal (none when the features come from the cache)."""
+    from vlm.classify.probe import embed
+    from vlm.cli.common import progress_bar
+
+    bar = progress_bar(f"vlm probe ({split})", total=len(data), unit="img")
+    try:
+        return embed(model, pre, data, args.batch_size, cache, name, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -66,13 +79,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm.classify.backbone import classifier_for
     from vlm.classify.checkpoint import save_classifier
     from vlm.classify.metrics import top_k_accuracy
-    from vlm.classify.probe import WEIGHT_DECAYS, embed, linear_probe
+    from vlm.classify.probe import WEIGHT_DECAYS, linear_probe
 
     model, pre, _ = classifier_for(args.model, train.classes, args.feature, device=str(resolve_device(args.device)))
     cache = args.cache or None
     name = str(args.model or "default")
-    feats = {k: embed(model, pre, d, args.batch_size, cache, name) for k, d in (("train", train), ("val", val),
-                                                                                  ("test", test)) if d is not None}
+    feats = {k: _embed(model, pre, d, args, cache, name, k) for k, d in (("train", train), ("val", val),
+                                                                        ("test", test)) if d is not None}
     for k, f in feats.items():
         if len(f.y) == 0:
             raise UsageError(f"--{k}: no readable images")
