@@ -80,16 +80,33 @@ def test_photos_never_get_degenerate_captions(default, photos):
             assert clean(cap), (cfg, cap)
 
 
+def test_photos_get_only_words_the_default_model_was_trained_on(default, photos):
+    from vlm.generation import GenerationConfig, generate
+
+    words = set(default.caption_words)
+    paths = sorted(photos.iterdir())
+    x = default.images_to_tensor(paths)
+    unlisted = [generate(default.model, x, default.tokenizer, GenerationConfig(**cfg))  # guards, no word list
+                for cfg in (dict(), dict(top_p=0.9, seed=0))]
+    assert any(set(re.findall(r"[\w']+", default.tokenizer.decode(r))) - words for rows in unlisted for r in rows)
+    for cfg in (dict(), dict(beams=3), dict(top_p=0.9, seed=0), dict(top_k=20, temperature=1.5, seed=1),
+                dict(top_p=0.95, temperature=2.0, seed=2)):
+        for cap in default.caption(paths, **cfg):
+            assert clean(cap) and set(re.findall(r"[\w']+", cap)) <= words, (cfg, cap)
+
+
 def test_guards_leave_in_distribution_captions_unchanged(default, shapes):
     from vlm.generation import GenerationConfig, SpecialTokens, generate
 
     tok = default.tokenizer
+    assert default.lexicon is not None and default.lexicon.num_words == len(default.caption_words)
     for i in range(0, len(shapes), 50):
         x = default.images_to_tensor(shapes[i:i + 50])
         for beams in (1, 2):
             cfg = GenerationConfig(beams=beams)
             plain = generate(default.model, x, SpecialTokens.of(tok), cfg)
             assert generate(default.model, x, SpecialTokens.of(tok), cfg, tokenizer=tok) == plain
+            assert generate(default.model, x, tok, cfg, lexicon=default.lexicon) == plain
     off = GenerationConfig(block_degenerate=False)
     x = default.images_to_tensor(shapes[:8])
     assert generate(default.model, x, SpecialTokens.of(tok), off, tokenizer=tok) == \

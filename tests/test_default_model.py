@@ -50,8 +50,9 @@ def unseen_shapes(tmp_path_factory) -> Path:
 def test_default_model_on_unseen_shapes(unseen_shapes):
     import vlm
     from vlm.evaluation.evaluate import evaluate_model
+    from vlm.evaluation.shapes_check import shapes_checks
 
-    report = evaluate_model(vlm.load(), unseen_shapes, spice=False, meteor=False)
+    report = evaluate_model(vlm.load(), unseen_shapes, spice=False, meteor=False, checks=shapes_checks(unseen_shapes))
     assert report["zero_shot"]["num_images"] >= 40
     assert report["zero_shot"]["top1"] >= 0.85, report["zero_shot"]
     assert report["shapes_attribute_accuracy"] >= 0.85

@@ -123,7 +123,8 @@ class Pipeline(ImageBatches):
     ood_notice = None  # a vlm.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors
 
     def __init__(self, model, tokenizer, preprocess, device: torch.device, name: str = "",
-                 templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = DEFAULT_BATCH_SIZE):
+                 templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = DEFAULT_BATCH_SIZE,
+                 caption_words: Optional[Sequence[str]] = None):
         self.model = model
         self.tokenizer = tokenizer
         self.preprocess_cfg = preprocess
@@ -131,6 +132,18 @@ class Pipeline(ImageBatches):
         self.name = name
         self.templates = tuple(templates)
         self.batch_size = batch_size
+        self.caption_words = None if caption_words is None else tuple(caption_words)
+        self._lexicon = None
+
+    @property
+    def lexicon(self):
+        """The ``vlm.lexicon.Lexicon`` of the checkpoint's training words (None without a list):
+        captions spell no other word."""
+        if self._lexicon is None and self.caption_words is not None and self.tokenizer is not None:
+            from vlm.lexicon import Lexicon
+
+            self._lexicon = Lexicon(self.caption_words, self.tokenizer)
+        return self._lexicon
 
     @property
     def can_caption(self) -> bool:
@@ -212,7 +225,7 @@ class Pipeline(ImageBatches):
         for pil, where, results in self._batches(images, on_error):
             if pil:
                 x = self._tensor(pil)
-                for n, row in zip(where, generate(self.model, x, tok, cfg)):
+                for n, row in zip(where, generate(self.model, x, tok, cfg, lexicon=self.lexicon)):
                     results[n] = tok.decode(row).strip()
         return results
 
@@ -339,7 +352,8 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     pre = PreprocessConfig.for_model(model.cfg)
     label = str(name_or_dir or DEFAULT_MODEL) + (f"@{pretrained}" if pretrained is not None else "")
     pipe = Pipeline(model, tokenizer, pre, dev, name=label,
-                    templates=meta.zero_shot_templates or DEFAULT_TEMPLATES, batch_size=batch_size)
+                    templates=meta.zero_shot_templates or DEFAULT_TEMPLATES, batch_size=batch_size,
+                    caption_words=meta.caption_words)
     if image_size is not None:
         pipe.set_image_size(image_size)
     check_fits(model.cfg, pipe.image_size, batch_size, device=dev)  # before the weights move to the device

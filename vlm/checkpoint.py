@@ -7,7 +7,8 @@ names the directory (or file) and the reason.
 
 ``config.json`` holds ``vlm_version``, the ``ModelConfig`` fields and, under
 ``metadata``, what is about the checkpoint rather than the architecture
-(``CheckpointMeta``: zero-shot templates, the source it was converted from).
+(``CheckpointMeta``: zero-shot templates, the source it was converted from, the words of
+the training captions).
 It is read by the one config loader (``vlm.configio``): an unknown key or a
 value of the wrong type is refused naming the file and the key. Checkpoints
 written before the ``metadata`` key (metadata keys at the top level, e.g. the
@@ -43,6 +44,7 @@ class CheckpointMeta:
     zero_shot_templates: Optional[list[str]] = None  # prompt templates for zero-shot labels, "{}" = label
     converted_from: Optional[str] = None  # the source of converted weights, e.g. "open_clip:ViT-B-32/openai"
     trained_by: Optional[str] = None  # how a classifier head was made, e.g. "vlm probe --model default (wd 0.01)"
+    caption_words: Optional[list[str]] = None  # the words of the training captions: decoding spells no other (vlm.lexicon)
 
     def __post_init__(self) -> None:
         for t in self.zero_shot_templates or ():

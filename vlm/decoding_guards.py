@@ -25,6 +25,10 @@ Degeneration") motivate. Two guards, both options of ``GenerationConfig``:
   scenes the default model's least likely greedy token had 0.295, on photos it falls to 0.004
   just where the text turns to loose letters ("t n y n s n").
 
+With a word list (``vlm.lexicon.Lexicon``, from a checkpoint's ``caption_words``), a token that
+would spell a word outside the list is refused too, and a caption stopped mid-word loses the
+unfinished word (``vlm.generation``).
+
 A guard acts only when the model's own choice is degenerate, so captions that are already clean
 (the default model on shapes scenes) come out unchanged.
 
@@ -86,8 +90,9 @@ def degenerate_text(text: str, max_phrase_repeats: int = MAX_PHRASE_REPEATS) -> 
 class DegenerationGuard:
     """Judges candidate tokens by the caption text they make, with the tokenizer's own decoding."""
 
-    def __init__(self, tokenizer, eot_id: Optional[int] = None, pad_id: Optional[int] = None):
+    def __init__(self, tokenizer, eot_id: Optional[int] = None, pad_id: Optional[int] = None, lexicon=None):
         self.decode: Callable[[list[int]], str] = tokenizer.decode
+        self.lexicon = lexicon  # a vlm.lexicon.Lexicon: words stay within the model's training words
         self.eot_id = tokenizer.eot_id if eot_id is None else eot_id
         self.pad_id = getattr(tokenizer, "pad_id", 0) if pad_id is None else pad_id
         unk = getattr(tokenizer, "unk_id", None)
@@ -113,22 +118,29 @@ class DegenerationGuard:
         return len(added.strip()) <= 1
 
     def choose(self, logits: Tensor, generated: Tensor, finished: Tensor,
-               pick: Callable[[Tensor], Tensor], greedy: bool = False) -> Tensor:
+               pick: Callable[[Tensor], Tensor], greedy: bool = False,
+               states: Optional[list] = None) -> Tensor:
         """Next tokens (N,) from (N, V) ``logits``: ``pick`` (argmax or a sampler) redone without
         refused tokens; a row left with no acceptable token among ``CANDIDATES`` ends (end token),
-        and so does, when ``greedy``, a row whose best acceptable token has under ``MIN_TOKEN_PROB``."""
+        and so does, when ``greedy``, a row whose best acceptable token has under ``MIN_TOKEN_PROB``.
+        ``states``: each row's lexicon node, when the caller keeps them (else worked out here)."""
         probs = logits.softmax(-1) if greedy else None
         logits = logits.clone()
         chosen = pick(logits)
         rows = generated.tolist()
         out = chosen.tolist()
+        lex = self.lexicon
         for r, tok in enumerate(out):
             if finished[r]:
                 continue
-            tries = 0
-            while not self.acceptable(rows[r], tok):
+            tries, node = 0, None if lex is None else (states[r] if states is not None else lex.state(rows[r]))
+            nexts = {} if node is None else lex.transitions(node)
+            while (node is not None and tok not in nexts) or not self.acceptable(rows[r], tok):
                 tries += 1
                 logits[r, tok] = float("-inf")
+                if node is not None and tries == 1:  # from now on only tokens that keep words known
+                    logits[r].masked_fill_(~lex.allowed([node], logits.shape[-1], logits.device)[0],
+                                           float("-inf"))
                 if tries >= CANDIDATES or not torch.isfinite(logits[r]).any():
                     tok = self.eot_id
                     break

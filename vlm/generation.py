@@ -83,27 +83,36 @@ def _strip(seq: list[int], eot_id: int, pad_id: int) -> list[int]:
 
 @torch.inference_mode()
 def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = None,
-             tokenizer=None) -> list[list[int]]:
+             tokenizer=None, lexicon=None) -> list[list[int]]:
     """Caption token ids (start/end tokens removed) for a (B, 3, H, W) batch of images.
 
     ``tokens`` is the model's tokenizer or a ``SpecialTokens``; ``cfg`` defaults to greedy decoding.
     With a tokenizer (``tokens`` itself, or ``tokenizer``) and ``cfg.block_degenerate``, degenerate
-    text is refused while decoding (``vlm.decoding_guards``).
+    text is refused while decoding (``vlm.decoding_guards``); with a ``lexicon`` as well
+    (``vlm.lexicon.Lexicon``, the checkpoint's training words) no word outside it is spelled.
     """
     cfg = (cfg or GenerationConfig()).validate()
     special = SpecialTokens.of(tokens)
     sot_id, eot_id, pad_id = special.sot, special.eot, special.pad
     if tokenizer is None and not isinstance(tokens, SpecialTokens):
         tokenizer = tokens
-    guard = DegenerationGuard(tokenizer, eot_id, pad_id) if tokenizer is not None and cfg.block_degenerate else None
+    if tokenizer is None and lexicon is not None:
+        tokenizer = lexicon.tokenizer
+    guard = None
+    if tokenizer is not None and cfg.block_degenerate:
+        guard = DegenerationGuard(tokenizer, eot_id, pad_id, lexicon=lexicon)
     limit = min(model.cfg.decoder.context_length, model.cfg.text.context_length) - 1
     max_tokens = min(cfg.max_tokens, limit)
     image_tokens = model.visual(images).tokens  # (B, N, D), encoded once
     rows = images.shape[0] * cfg.beams  # every step multiplies this many rows by each weight matrix
     with packed_linears([model.text.transformer, model.decoder], rows):
         if cfg.beams > 1:
-            return _beam_search(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens, guard)
-        return _greedy_or_sample(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens, guard)
+            out = _beam_search(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens, guard)
+        else:
+            out = _greedy_or_sample(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens, guard)
+    if guard is not None and guard.lexicon is not None:  # stopped mid-word: the unfinished word goes
+        out = [guard.lexicon.whole_words(row) for row in out]
+    return out
 
 
 def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: int,
@@ -115,12 +124,16 @@ def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad
         generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     ids = torch.full((B, 1), sot_id, dtype=torch.long, device=dev)
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    lexicon = guard.lexicon if guard is not None else None
+    states = [lexicon.state([])] * B if lexicon is not None else None  # each row's node in the word trie
     for step in range(max_tokens):
         logits = _process(step_fn(ids if step == 0 else ids[:, -1:]), ids[:, 1:], step, cfg, eot_id)
         pick = (lambda lg: _sample(lg, cfg, generator)) if cfg.sampling else (lambda lg: lg.argmax(-1))
         nxt = pick(logits) if guard is None else guard.choose(logits, ids[:, 1:], finished, pick,
-                                                             greedy=not cfg.sampling)
+                                                             greedy=not cfg.sampling, states=states)
         nxt = nxt.masked_fill(finished, pad_id)
+        if states is not None:
+            states = [lexicon.advance(s, t) for s, t in zip(states, nxt.tolist())]
         finished |= nxt == eot_id
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         if finished.all():
@@ -137,10 +150,14 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
     scores[:, 1:] = float("-inf")  # every beam starts equal: expand only the first
     hyps: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = [False] * B
+    lexicon = guard.lexicon if guard is not None else None
+    states = [lexicon.state([])] * (B * K) if lexicon is not None else None  # each beam's node in the word trie
     for step in range(max_tokens):
         logits = step_fn(ids if step == 0 else ids[:, -1:])
         logp = _process(logits, ids[:, 1:], step, cfg, eot_id).log_softmax(-1)  # (B*K, V)
         V = logp.shape[-1]
+        if lexicon is not None:  # the model's own scores; tokens that would spell an unknown word out
+            logp = logp.masked_fill(~lexicon.allowed(states, V, dev), float("-inf"))
         cand = (scores.view(-1, 1) + logp).view(B, K * V)  # (B, K*V)
         top_scores, top_idx = cand.topk(min(2 * K + (CANDIDATES if guard else 0), K * V), dim=1)
         top_beam, top_tok = (top_idx // V).tolist(), (top_idx % V).tolist()
@@ -155,6 +172,8 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
             chosen = 0
             for rank in range(len(top_tok[b])):
                 src, tok, s = b * K + top_beam[b][rank], top_tok[b][rank], top_scores[b][rank]
+                if lexicon is not None and s == float("-inf"):
+                    break  # the rest are refused words or dead beams
                 if guard is not None and not guard.acceptable(ids[src, 1:].tolist(), tok):
                     continue
                 if tok == eot_id:
@@ -179,6 +198,8 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
         ids = torch.cat([ids.index_select(0, index), torch.tensor(new_tok, device=dev)[:, None]], dim=1)
         scores = torch.tensor(new_score, device=dev).view(B, K)
         step_fn.reorder(index)
+        if states is not None:
+            states = [lexicon.advance(states[s], t) for s, t in zip(new_src, new_tok)]
         if all(done):
             break
     results = []

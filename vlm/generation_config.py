@@ -48,7 +48,8 @@ class GenerationConfig:
     no_repeat_ngram: int = _option(0, "> 0: a token may not repeat an n-gram of this many tokens "
                                    "(vlm.decoding_guards; 0 is off)", low=0, high=MAX_TOKENS_LIMIT)
     block_degenerate: bool = _option(True, "refuse degenerate text while decoding (blank runs, stutter, "
-                                     "loops; vlm.decoding_guards)")
+                                     "loops, words the checkpoint was not trained on; "
+                                     "vlm.decoding_guards)")
 
     @property
     def sampling(self) -> bool:

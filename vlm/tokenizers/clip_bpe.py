@@ -204,6 +204,21 @@ class CLIPBPETokenizer(Tokenizer):
                 out += b" "
         return out.decode("utf-8", errors="replace").rstrip(" ")
 
+    def token_texts(self) -> list[str | None]:
+        """A piece that is not whole UTF-8 (part of one character) gives None."""
+        out: list[str | None] = []
+        for piece in self._id_to_piece:
+            if piece in self._special:
+                out.append(None)
+                continue
+            end = piece.endswith(END_OF_WORD)
+            raw = bytes(self._char_to_byte[c] for c in (piece[: -len(END_OF_WORD)] if end else piece))
+            try:
+                out.append(raw.decode("utf-8") + (" " if end else ""))
+            except UnicodeDecodeError:
+                out.append(None)
+        return out
+
     # ------------------------------------------------------------------ saving
 
     def _write_files(self, directory: Path) -> dict[str, Any]:

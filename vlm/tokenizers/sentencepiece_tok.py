@@ -68,6 +68,11 @@ class SentencePieceTokenizer(Tokenizer):
     def id_to_piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
 
+    def token_texts(self) -> list[str | None]:
+        sp = self._sp
+        return [None if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)
+                else sp.id_to_piece(i).replace("\u2581", " ") for i in range(self.vocab_size)]
+
     def _write_files(self, directory: Path) -> dict[str, Any]:
         (directory / MODEL_FILENAME).write_bytes(self._proto)
         return {"model_file": MODEL_FILENAME}

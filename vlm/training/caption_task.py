@@ -47,13 +47,21 @@ class CaptionTask(Task):
                 if name.endswith("logit_scale"):
                     p.clamp_(0, math.log(100))
 
-    def _extra(self) -> Optional[dict]:
-        return {"zero_shot_templates": self.cfg.zero_shot_templates} if self.cfg.zero_shot_templates else None
+    def _extra(self, accelerator) -> Optional[dict]:
+        extra = {"zero_shot_templates": self.cfg.zero_shot_templates} if self.cfg.zero_shot_templates else {}
+        if self.caption and accelerator.is_main_process:  # the process that writes the export
+            if not hasattr(self, "_words"):
+                from vlm.training.data import training_caption_words
+
+                self._words = training_caption_words(self.cfg)
+            if self._words is not None:
+                extra["caption_words"] = self._words
+        return extra or None
 
     def export(self, accelerator, model, directory: Path, dtype: Optional[torch.dtype] = None) -> None:
         from vlm.training.export import export_pretrained
 
-        export_pretrained(accelerator, model, directory, self.tokenizer, dtype=dtype, extra=self._extra())
+        export_pretrained(accelerator, model, directory, self.tokenizer, dtype=dtype, extra=self._extra(accelerator))
 
     def report(self, accelerator, model) -> list[str]:
         """Greedy captions of the first ``eval_captions`` validation images (not under FSDP)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import Optional
 
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -29,6 +30,29 @@ def train_captions(cfg) -> list[str]:
     the first ``data.tokenizer_captions`` rows stand for the whole."""
     ds = _dataset(cfg, "train", None, None, load_images=False)
     return ds.captions(limit=cfg.data.tokenizer_captions if ds.is_stream else None)
+
+
+def training_caption_words(cfg) -> Optional[list[str]]:
+    """The words a caption decoder trained by this run knows (``CheckpointMeta.caption_words``,
+    ``vlm.lexicon``): those of every training caption, with the list of an ``init_from`` CoCa.
+
+    None, so decoding is not held to a list, where the words are not all known: a stream
+    (only its first rows can be read up front), or a CoCa ``init_from`` without a list
+    (a converted open_clip model, trained on captions nobody listed)."""
+    from vlm.checkpoint import read_config
+    from vlm.lexicon import caption_words
+
+    prior: list[str] = []
+    if cfg.init_from:
+        ckpt_cfg, meta = read_config(cfg.init_from)
+        if ckpt_cfg.decoder is not None:  # a CLIP gets a fresh decoder: only this run's words
+            if meta.caption_words is None:
+                return None
+            prior = list(meta.caption_words)
+    ds = _dataset(cfg, "train", None, None, load_images=False)
+    if ds.is_stream:
+        return None
+    return caption_words(prior + ds.captions())
 
 
 def build_tokenizer(cfg, model_cfg, out_dir: Path, is_main: bool, wait=lambda: None):
