@@ -4,46 +4,27 @@
     accelerate launch --num_processes 2 scripts/train.py --config configs/micro.yaml steps=50 lr=3e-4
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train.py --config configs/micro.yaml
     python scripts/train.py --config configs/micro.yaml resume=latest
+    vlm train --config configs/micro.yaml --num_processes 2 --cpu     # the same, with exact exit codes
 
 ``key=value`` overrides reach any config field (dotted for nested ones,
 ``model.vision.image_size=96`` for the architecture). Exit status: 0 done,
 1 the run failed (e.g. a non-finite loss; the message names the step),
-2 a bad config or data path.
+2 a bad config or data path, 130 interrupted; under ``accelerate launch`` the
+launcher reports every failure as 1 (see docs/training.md, "Exit status"), ``vlm train``
+passes the status on. The process stops when its launcher dies (``vlm.training.parent_watch``).
+The code is ``vlm.training.cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML training recipe (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
-    args = parser.parse_args(argv)
+    from vlm.training.cli import main as train_main
 
-    from vlm.training.config import load_train_config
-
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    from vlm.errors import VlmError
-    from vlm.training.loop import NonFiniteLossError, train  # torch, accelerate: after the config is good
-
-    try:
-        train(cfg)
-    except NonFiniteLossError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
-    except (VlmError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"train.py: error: {msg}", file=sys.stderr)
-        return 2
-    return 0
+    return train_main(argv)
 
 
 if __name__ == "__main__":

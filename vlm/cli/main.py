@@ -5,6 +5,7 @@
     vlm similarity --images IMG... --texts TEXT... [--plot FILE.png]
     vlm models | vlm data shapes | vlm evaluate | vlm convert | vlm explain | vlm export
     vlm index SRC... --out INDEX | vlm search INDEX --text T | vlm serve INDEX
+    vlm train --config FILE.yaml [key=value ...] [accelerate launch options]
 
 Exit status: 0 every input succeeded, 1 some inputs failed, 2 usage or model error.
 """
@@ -30,6 +31,7 @@ COMMANDS = {
     "index": ("vlm.cli.index", "embed images into a searchable index (incremental)"),
     "search": ("vlm.cli.search", "search an index with text or an image"),
     "serve": ("vlm.cli.serve", "web page and JSON API over an index"),
+    "train": ("vlm.training.launch", "train a model: accelerate launch with training's exit status"),
 }
 
 
@@ -42,8 +44,9 @@ def _usage() -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     from vlm.threads import configure
 
-    configure()  # OpenMP wait policy and thread count for the machine as it is, before torch loads
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["train"]:  # training sets its own threads (num_threads); a launch-time guess would stick
+        configure()  # OpenMP wait policy and thread count for the machine as it is, before torch loads
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if argv else 2

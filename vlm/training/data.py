@@ -127,6 +127,17 @@ def _dataset(cfg, which: str, transform, tokenize, load_images: bool = True) -> 
         raise ValueError(f"data.{which}_split={split}: {e}") from None
 
 
+def check_data(cfg) -> None:
+    """Open the local caption data a config names (kinds shapes, coco, karpathy) without decoding
+    an image: the errors ``build_datasets`` would raise, before anything is built or launched.
+    Hugging Face data (``kind: hf``) is checked when training opens it."""
+    if cfg.data.kind == "hf":
+        return
+    _dataset(cfg, "train", None, None, load_images=False)
+    if has_val(cfg):
+        _dataset(cfg, "val", None, None, load_images=False)
+
+
 def _val_on_training_dir(cfg) -> bool:
     """A val_split without val_root on a single-layout dir: that dir is the training set."""
     d = cfg.data
