@@ -131,7 +131,7 @@ def _end_progress_bars() -> None:
 
 
 def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
-    from vlm.training.parent_watch import LAUNCHER_PID_VAR, watch_parent
+    from vlm.training.parent_watch import LAUNCHER_PID_VAR, parent_gone, stop_message, watch_parent
 
     prog = prog or ("vlm train" if os.environ.get(LAUNCHER_PID_VAR) else PROG)
     watch_parent()  # a child of a launcher stops when the launcher dies (kill -9 leaves no orphan)
@@ -143,6 +143,9 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
             except Exception:
                 if interrupts.seen:  # Ctrl-C during a collective: it fails once a peer process has stopped
                     raise KeyboardInterrupt from None
+                if parent_gone():  # the launcher died and a peer stopped first: a collective failed
+                    print(stop_message(), file=sys.stderr, flush=True)
+                    return 128 + signal.SIGTERM
                 raise
         except TrainFailed as e:
             _end_progress_bars()

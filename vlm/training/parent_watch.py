@@ -33,6 +33,17 @@ from typing import Optional
 LAUNCHER_PID_VAR = "VLM_LAUNCHER_PID"  # set by `vlm train` for its children
 LAUNCHER_WORDS = ("accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch")
 INTERVAL_S = 1.0
+_watched: Optional[int] = None  # the parent watch_parent() watches
+
+
+def parent_gone() -> bool:
+    """Whether the watched launcher has exited (False when nothing is watched)."""
+    return _watched is not None and os.getppid() != _watched
+
+
+def stop_message() -> str:
+    return (f"train.py: the launcher (pid {_watched}) has exited; stopping this process "
+            f"(resume with resume=latest)")
 
 
 def parent_cmdline(pid: int) -> list[str]:
@@ -59,17 +70,18 @@ def started_by_launcher(ppid: int, environ=os.environ) -> bool:
 
 def watch_parent(interval: float = INTERVAL_S, force: bool = False) -> Optional[threading.Thread]:
     """Start the watch thread when the parent is a launcher (or ``force``); returns it, or None."""
+    global _watched
     ppid = os.getppid()
     if ppid <= 1 or not (force or started_by_launcher(ppid)):
         return None
+    _watched = ppid
     stop = threading.Event()
 
     def run() -> None:
         while not stop.wait(interval):
             if os.getppid() != ppid:
                 try:
-                    print(f"train.py: the launcher (pid {ppid}) has exited; stopping this process "
-                          f"(resume with resume=latest)", file=sys.stderr, flush=True)
+                    print(stop_message(), file=sys.stderr, flush=True)
                 except (OSError, ValueError):  # stderr went with the launcher
                     pass
                 os.kill(os.getpid(), signal.SIGTERM)
