@@ -123,7 +123,7 @@ def test_interrupted_run_resumes_on_the_same_trajectory(shapes_cls, tmp_path):
 
     # random crops (Python's RNG), layer decay, label smoothing; 200 images / 16 = 12 batches an
     # epoch, so the resumed part crosses an epoch
-    common = data_args(shapes_cls) + ["steps=16", "data.batch_size=16", "classify.augment=true", "eval_every=0",
+    common = data_args(shapes_cls) + ["steps=16", "data.batch_size=16", "classify.random_crop=0.35", "eval_every=0",
                                       "save_every=0"]
     full, part = tmp_path / "full", tmp_path / "part"
     train(load_train_config(CONFIG, common + [f"output_dir={full}"]))

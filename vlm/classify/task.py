@@ -39,8 +39,8 @@ class ClassifyTask(Task):
             val = _open(cfg.data.val_root, cfg.data.kind, min_classes=1).remap(labels, f"the training data {cfg.data.root}")
         self.labels, self.start = labels, {}
         self.train_set = train.with_transform(_transform(model.cfg))
-        if c.augment:
-            self.train_set = Cropped(train, _transform(model.cfg), cfg.seed)
+        if c.random_crop is not None:
+            self.train_set = Cropped(train, _transform(model.cfg), cfg.seed, c.random_crop)
         self.val_full = val.with_transform(_transform(model.cfg)) if val else None
         self.val_set = _subset(self.val_full, cfg.data.val_images) if val else None
         if not cfg.resume:  # a resumed run takes every weight from its checkpoint
@@ -130,12 +130,12 @@ def _transform(model_cfg):
 
 
 class Cropped(torch.utils.data.Dataset):
-    """Training items under a random-resized crop (Inception-style: scale 0.35-1, aspect 3/4-4/3),
+    """Training items under a random-resized crop (Inception-style: area share in [scale, 1], aspect 3/4-4/3),
     then the eval transform. Each crop depends only on (seed, epoch, index), not on a global
     RNG that the loader's prefetching runs ahead of: a resumed run crops as the uninterrupted one."""
 
-    def __init__(self, images, transform, seed: int):
-        self.images, self.transform, self.seed, self.epoch = images, transform, seed, 0
+    def __init__(self, images, transform, seed: int, scale: float):
+        self.images, self.transform, self.seed, self.scale, self.epoch = images, transform, seed, scale, 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -151,7 +151,7 @@ class Cropped(torch.utils.data.Dataset):
         image = item["image"]
         w, h = image.size
         for _ in range(10):
-            area = w * h * rng.uniform(0.35, 1.0)
+            area = w * h * rng.uniform(self.scale, 1.0)
             ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
             cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
             if 0 < cw <= w and 0 < ch <= h:
