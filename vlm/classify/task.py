@@ -33,6 +33,7 @@ class ClassifyTask(Task):
         cfg, c = self.cfg, self.cfg.classify
         train = _open(cfg.data.root, cfg.data.kind)
         model, labels, pipe = start_classifier(cfg, train.classes)
+        self.kept_head = getattr(pipe, "is_classifier", False) and labels == pipe.labels and not c.new_head
         train = train.remap(labels, f"init_from={cfg.init_from}") if labels != train.classes else train
         val = None
         if cfg.data.val_root:
@@ -49,7 +50,8 @@ class ClassifyTask(Task):
             model.visual.requires_grad_(False)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        if self.val_set is not None and c.head_init != "zero" and not cfg.resume and accelerator.is_main_process:
+        trained_head = c.head_init != "zero" or self.kept_head  # not at chance: evaluated before step 1
+        if self.val_set is not None and trained_head and not cfg.resume and accelerator.is_main_process:
             self.start = _accuracy(model, _loader(self.val_set, cfg.data.batch_size), cfg.label_smoothing)
             accelerator.print("step 0: " + ", ".join(f"{k}={v:.6g}" for k, v in self.start.items()))
         groups = None if c.layer_decay == 1 else layer_decay_groups(model, cfg.weight_decay, c.layer_decay)
@@ -107,7 +109,7 @@ class ClassifyTask(Task):
         c = self.cfg.classify
         facts = {"classes": len(self.labels), "images": len(self.train_set),
                  "backbone": self.cfg.init_from or self.cfg.model or "tiny",
-                 "image size": self.model_cfg.vision.image_size, "head": f"{c.head_init} on {self.model_cfg.feature}"}
+                 "image size": self.model_cfg.vision.image_size, "head": f"{'init_from' if self.kept_head and c.head_init == 'zero' else c.head_init} on {self.model_cfg.feature}"}
         if c.freeze_backbone:
             facts["backbone"] += " (frozen)"
         return facts
