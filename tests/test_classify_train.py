@@ -208,7 +208,7 @@ def test_bad_input_is_one_line(shapes_cls, tmp_path):
     for bad, words in [("freeze=[visual]", "freeze: a captioning setting"),
                        ("classify.head_init=zero_shot init_from=null", "needs init_from"),
                        ("model.vision.width=64", "cannot apply with init_from=default"),
-                       ("classify.feature=pooled classify.head_init=zero_shot", "needs feature=embedding"),
+                       ("classify.feature=pooled classify.head_init=zero_shot", "needs classify.feature=embedding"),
                        ("task=caption classify.layer_decay=0.5", "applies only with task=classify")]:
         line = one_line_error(run_train(data_args(shapes_cls) + [f"output_dir={tmp_path / 'h'}", *bad.split()]))
         assert words in line, (bad, line)

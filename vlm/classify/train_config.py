@@ -49,17 +49,19 @@ class ClassifyConfig:
             raise ValueError(f"head_init={self.head_init!r}: must be one of {', '.join(HEAD_INITS)}")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay={self.layer_decay}: must be in (0, 1]")
-        if self.head_init == "zero_shot" and self.feature == "pooled":
-            raise ValueError("head_init=zero_shot: needs feature=embedding (the contrastive embedding)")
-        if self.templates is not None:
-            if not self.templates or any("{}" not in t for t in self.templates):
-                raise ValueError("templates: give at least one, each with {} where the class name goes")
-            if self.head_init != "zero_shot":
-                raise ValueError("templates: apply only with head_init=zero_shot")
+        if self.templates is not None and (not self.templates or any("{}" not in t for t in self.templates)):
+            raise ValueError("templates: give at least one, each with {} where the class name goes")
         if self.random_crop is not None and not 0 < self.random_crop <= 1:
             raise ValueError(f"random_crop={self.random_crop}: must be in (0, 1] (or null: no crops)")
+
+    def check(self) -> None:
+        """The rules between fields (checked on the whole config: one override may set one field)."""
+        if self.head_init == "zero_shot" and self.feature == "pooled":
+            raise ValueError("classify.head_init=zero_shot: needs classify.feature=embedding (the contrastive embedding)")
+        if self.templates is not None and self.head_init != "zero_shot":
+            raise ValueError("classify.templates: apply only with classify.head_init=zero_shot")
         if self.freeze_backbone and self.layer_decay != 1:
-            raise ValueError("layer_decay: cannot apply with freeze_backbone=true (only the head trains)")
+            raise ValueError("classify.layer_decay: cannot apply with classify.freeze_backbone=true (only the head trains)")
 
     @property
     def head_feature(self) -> Optional[str]:
@@ -77,6 +79,7 @@ def check_applies(cfg) -> None:
         if cfg.classify != ClassifyConfig():
             raise ValueError("classify: applies only with task=classify")
         return
+    cfg.classify.check()
     for name, unused in CAPTION_ONLY.items():
         if getattr(cfg, name) != unused:
             hint = {"freeze": "; classify.freeze_backbone=true freezes the ViT",
