@@ -233,3 +233,12 @@ def merge(base: dict, patch: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+def leaves(tree: dict, prefix: str = ""):
+    """``(dotted key, value)`` for every non-mapping value of a nested dict."""
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v

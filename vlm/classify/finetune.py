@@ -18,6 +18,7 @@ import dataclasses
 import re
 from typing import Optional
 
+from vlm import configio
 from vlm.classify.model import ClassifierConfig, ImageClassifier
 
 
@@ -83,18 +84,10 @@ def _refuse_overrides(cfg) -> None:
     where = f"init_from={cfg.init_from}"
     if cfg.model:
         raise ValueError(f"model={cfg.model}: cannot apply with {where}, whose architecture is used; leave model out")
-    for key, value in _leaves(cfg.model_overrides or {}):
+    for key, value in configio.leaves(cfg.model_overrides or {}):
         if key != "vision.image_size":
             raise ValueError(f"model.{key}={value!r}: cannot apply with {where}, whose architecture is used "
                              f"(only model.vision.image_size / image_size applies)")
-
-
-def _leaves(tree: dict, prefix: str = ""):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _leaves(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def layer_id(name: str, depth: int) -> int:

@@ -121,7 +121,7 @@ def _refuse_what_cannot_apply(cfg, ckpt_cfg: ModelConfig, wanted, fresh_decoder:
             key, mine, theirs = differ[0]
             raise ValueError(f"model={cfg.model}: cannot apply with {where}, whose architecture is used "
                              f"(model.{key} is {mine!r} here and {theirs!r} there); leave model out")
-    for key, value in _leaves(cfg.model_overrides or {}):
+    for key, value in configio.leaves(cfg.model_overrides or {}):
         if key == "vision.image_size" or (fresh_decoder and key.startswith("decoder.")):
             continue
         theirs = _lookup(configio.to_dict(ckpt_cfg), key)
@@ -130,14 +130,6 @@ def _refuse_what_cannot_apply(cfg, ckpt_cfg: ModelConfig, wanted, fresh_decoder:
                              f"(it has {theirs!r}); only model.vision.image_size applies"
                              + (", and model.decoder.* when a CLIP checkpoint gets a fresh decoder"
                                 if ckpt_cfg.model_type == "clip" else ""))
-
-
-def _leaves(tree: dict, prefix: str = ""):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _leaves(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def _lookup(tree: dict, key: str) -> Any:
@@ -152,7 +144,7 @@ def _lookup(tree: dict, key: str) -> Any:
 def _differences(a: dict, b: dict) -> list:
     """(dotted key, a's value, b's value) for every leaf that differs, skipping vision.image_size."""
     out = []
-    for key, value in _leaves(a):
+    for key, value in configio.leaves(a):
         if key != "vision.image_size" and _lookup(b, key) != value:
             out.append((key, value, _lookup(b, key)))
     return out

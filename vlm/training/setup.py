@@ -40,18 +40,10 @@ class Run:
 
 def hparams(cfg) -> dict:
     """The config flattened to dotted scalar keys (TensorBoard's hparams, train_config.json)."""
+    from vlm import configio
     from vlm.training.config import config_to_dict
 
-    flat = {}
-
-    def walk(prefix, node):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(f"{prefix}{k}.", v)
-            elif isinstance(v, (int, float, str, bool)):
-                flat[prefix + k] = v
-    walk("", config_to_dict(cfg))
-    return flat
+    return {k: v for k, v in configio.leaves(config_to_dict(cfg)) if isinstance(v, (int, float, str, bool))}
 
 
 def _accelerator(cfg, out: Path):
