@@ -238,6 +238,44 @@ def _stats(vlm_times, oc_times, tokens: int) -> dict:
             "speedup": o / v, "vlm_all_s": vlm_times, "open_clip_all_s": oc_times}
 
 
+def memory_floor(model, images, tokens: int, reps: int) -> dict:
+    """A lower bound on any float32 greedy decoder with a key/value cache, on this machine as it is.
+
+    The image tower and the first step (which computes the image keys/values of every
+    cross-attention layer) are timed as vlm runs them: dense matrix products, compute-bound.
+    Every later step must read each weight matrix of the text tower, the decoder and the LM
+    head once, and the cached image keys/values, for a handful of rows: memory-bound. That
+    step is bounded below by the time it takes merely to read those bytes (``Tensor.sum`` over
+    each, no arithmetic to speak of). floor = encode + (tokens - 1) x read.
+    """
+    import torch
+
+    from vlm.generation import _Stepper
+    from vlm.packed_linear import packed_linears
+
+    sot = torch.full((images.shape[0], 1), SOT, dtype=torch.long)
+    enc, read = [], []
+    with torch.inference_mode(), packed_linears([model.text.transformer, model.decoder], images.shape[0]):
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step = _Stepper(model, model.visual(images).tokens)
+            step(sot)
+            enc.append(time.perf_counter() - t0)
+        weights = [p.detach() for m in (model.text.transformer, model.decoder)
+                   for name, p in m.named_parameters() if "kv_proj" not in name]  # kv_proj: first step only
+        image_kv = [t for layer in step.dec_cache.layers[1::2] for t in (layer.k, layer.v)]
+        tensors = weights + image_kv
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for t in tensors:
+                t.sum()
+            read.append(time.perf_counter() - t0)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    e, r = statistics.median(enc), statistics.median(read)
+    return {"encode_s": e, "read_per_step_s": r, "bytes_per_step": nbytes, "read_gb_per_s": nbytes / r / 1e9,
+            "floor_s": e + (tokens - 1) * r}
+
+
 def run(args, model, images, train_images, train_text, w, generate, GenerationConfig, CoCaLoss) -> dict:
     import copy
 
@@ -272,6 +310,10 @@ def run(args, model, images, train_images, train_text, w, generate, GenerationCo
                          "identical_first_n_minus_1": all(same),
                          "rows_identical": sum(same), "example_vlm": ours[0][:10], "example_open_clip":
                          theirs["tokens"][0][:10]}
+        floor = memory_floor(model, images, n, args.reps)
+        floor["max_speedup"] = res["greedy"]["open_clip_s"] / floor["floor_s"]
+        floor["vlm_over_floor"] = res["greedy"]["vlm_s"] / floor["floor_s"]
+        res["greedy"]["floor"] = floor
     if "beam" not in args.skip:
         bcfg = GenerationConfig(max_tokens=n, min_tokens=n, beams=args.beams)
         generate(model, images, SpecialTokens(SOT, EOT, PAD), GenerationConfig(max_tokens=4, min_tokens=4, beams=args.beams))
