@@ -135,6 +135,34 @@ def test_api_messages_name_parameters_not_flags(pipe, tiny_checkpoint):
         assert "--" not in str(e.value), str(e.value)
 
 
+def test_model_errors_name_parameters_and_the_cli_names_flags(pipe, tmp_path, monkeypatch):
+    """Advice in an API error speaks Python (``vlm.load("hf:/path/to/dir")``, ``template=``); the
+    same error on the command line (``cli_message()``) names the flags (issue 13 item 2)."""
+    from vlm.classify.zeroshot import class_embeddings
+    from vlm.errors import ModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    missing = tmp_path / "x.json"
+    for call, api, cli in [
+        (lambda: vlm.load(f"open_clip:{missing}"), f"{missing}: no such open_clip config file", None),
+        (lambda: vlm.load("hf:org/none"), 'load it with vlm.load("hf:/path/to/dir")', "pass --model hf:/path/to/dir"),
+        (lambda: vlm.load("timm:org/none"), 'load it with vlm.load("timm:/path/to/dir")',
+         "pass --model timm:/path/to/dir"),
+        (lambda: vlm.load("open_clip:coca_ViT-B-32"), "which weights? give pretrained=TAG",
+         "which weights? pass --pretrained TAG"),
+        (lambda: vlm.load("open_clip:coca_ViT-B-32@laion2b_s13b_b90k"),
+         'load it with vlm.load("open_clip:coca_ViT-B-32", pretrained="/path/to/open_clip_pytorch_model.bin")',
+         "pass --model open_clip:coca_ViT-B-32 --pretrained /path/to/open_clip_pytorch_model.bin"),
+        (lambda: class_embeddings(pipe, ["cat"], ["no slot"]), "template='no slot': must contain {} once",
+         "--template 'no slot': must contain {} once"),
+    ]:
+        with pytest.raises((ModelError, UsageError)) as e:
+            call()
+        assert api in str(e.value) and "--" not in str(e.value), str(e.value)
+        assert cli is None or cli in e.value.cli_message(), e.value.cli_message()
+
+
 def test_labels_one_rule_blank_and_duplicate_refused_by_classify_too(pipe, sample_images):
     img = [sample_images["good"]]
     with pytest.raises(UsageError, match="label 1 of 3 is blank"):
@@ -174,7 +202,7 @@ def test_memory_limits_refuse_what_cannot_fit(pipe, tiny_checkpoint):
     assert inference_bytes(cfg, 256, 8) > 4 * inference_bytes(cfg, 128, 8) * 0.9
     assert inference_bytes(cfg, 64, 8, beams=4) > inference_bytes(cfg, 64, 8)
     need = inference_bytes(cfg, 4096, 1)
-    with pytest.raises(InvalidOption, match=r"image_size=4096: with 1 images per batch needs about .* is free"):
+    with pytest.raises(InvalidOption, match=r"image_size=4096: needs about .* is free; use a smaller image size"):
         check_fits(cfg, 4096, 1, available=need - 1)
     with pytest.raises(InvalidOption, match=r"batch_size=64: at image size 4096 needs about"):
         check_fits(cfg, 4096, 64, available=need * 2)

@@ -324,5 +324,6 @@ def test_offline_tags_fail_fast_with_what_to_download(tmp_path, sample_images, m
         load_remote("open_clip:RN50@openai")
     with pytest.raises(ModelError, match="no such file"):
         load_remote(f"open_clip:coca_ViT-B-32@{tmp_path / 'missing.bin'}")
-    with pytest.raises(ModelError, match="which weights\\? pass --pretrained TAG"):
+    with pytest.raises(ModelError, match="which weights\\? give pretrained=TAG") as e:
         load_remote("open_clip:coca_ViT-B-32")
+    assert "which weights? pass --pretrained TAG" in e.value.cli_message()

@@ -393,3 +393,50 @@ def test_cli_explain_text_on_a_model_without_decoder(tmp_path, sample_images, ca
     obj = json.loads(capsys.readouterr().out)
     assert set(obj["files"]) == {"filters", "position_similarity", "attention_distance", "attention_rollout"}
     assert "caption" not in obj
+
+
+def test_explain_image_errors_name_parameters_and_the_cli_names_flags(tmp_path, tiny_checkpoint):
+    """``explain_image`` speaks Python (``text=``, ``out_dir=``); the command line says ``--text``,
+    ``--out`` (issue 13 item 2)."""
+    import vlm
+    from vlm.checkpoint import save_pretrained
+    from vlm.errors import InvalidOption
+    from vlm.explain.report import explain_image
+    from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
+
+    img = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+    coca = vlm.load(str(tiny_checkpoint), device="cpu")
+    clip = vlm.load(str(save_pretrained(_tiny_clip(), tmp_path / "clip", tokenizer=CLIPBPETokenizer(context_length=32))),
+                    device="cpu")
+    (tmp_path / "file").write_text("x")
+    for call, api, cli in [
+        (lambda: explain_image(coca, img, tmp_path / "o", text="  "), "text='  ': is empty", "--text '  ': is empty"),
+        (lambda: explain_image(clip, img, tmp_path / "o", text="a cat"), "text='a cat': needs a caption decoder",
+         "--text 'a cat': needs a caption decoder"),
+        (lambda: explain_image(coca, img, tmp_path / "file" / "o"), f"out_dir='{tmp_path / 'file' / 'o'}': cannot create",
+         f"--out {tmp_path / 'file' / 'o'}: cannot create the directory"),
+    ]:
+        with pytest.raises(InvalidOption) as e:
+            call()
+        assert api in str(e.value) and "--" not in str(e.value), str(e.value)
+        assert e.value.cli_message().startswith(cli), e.value.cli_message()
+
+
+def test_cli_explain_memory_refusal_names_the_image_size_it_was_given(tiny_checkpoint, sample_images, tmp_path,
+                                                                      monkeypatch, capsys):
+    """explain runs one image: a size that cannot fit is blamed on --image-size, not on a hidden
+    --batch-size of 16 (issue 13 item 3)."""
+    import vlm.limits
+    from vlm.checkpoint import read_config
+    from vlm.cli.explain import build_parser
+    from vlm.cli.main import main
+
+    cfg = read_config(tiny_checkpoint)[0]
+    need = vlm.limits.inference_bytes(cfg, 1024, 1)
+    monkeypatch.setattr(vlm.limits, "available_bytes", lambda device=None: need - 1)
+    assert main(["explain", str(sample_images["good"]), "--model", str(tiny_checkpoint), "--out",
+                 str(tmp_path / "o"), "--image-size", "1024", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vlm explain: error: --image-size 1024: needs about") and "batch" not in err, err
+    assert len(err.splitlines()) == 1
+    assert "--batch-size" not in build_parser().format_help()

@@ -58,8 +58,9 @@ def resolve_checkpoint(name: Optional[str]) -> Path:
     if path.is_dir():
         return path
     if name == DEFAULT_MODEL:
-        raise ModelError("no default model is installed: pass --model with a checkpoint directory "
-                         "(train one with scripts/train.py or convert one with `vlm convert`)")
+        how = "(train one with scripts/train.py or convert one with `vlm convert`)"
+        raise ModelError(f"no default model is installed: give vlm.load() a checkpoint directory {how}",
+                         cli=f"no default model is installed: pass --model with a checkpoint directory {how}")
     from vlm.config import list_configs
 
     if name in list_configs():

@@ -115,5 +115,5 @@ def check_fits(model_cfg, image_size: int, batch_size: int, beams: int = 1, devi
     if inference_bytes(model_cfg, image_size, 1, beams) <= free:
         raise InvalidOption("batch_size", batch_size, f"at image size {image_size} {cost}; "
                                                       f"use a smaller batch size")
-    raise InvalidOption("image_size", image_size, f"with {batch_size} images per batch {cost}; "
-                                                  f"use a smaller image size")
+    per_batch = f"with {batch_size} images per batch " if batch_size > 1 else ""
+    raise InvalidOption("image_size", image_size, f"{per_batch}{cost}; use a smaller image size")

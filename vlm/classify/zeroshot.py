@@ -22,19 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from vlm.errors import UsageError
+from vlm.prompts import check_labels, check_templates
 
 
 @torch.no_grad()
 def class_embeddings(pipe, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
                      batch_size: int = 256) -> torch.Tensor:
-    """(C, E) prompt-ensemble class embeddings, the same as ``Pipeline.label_embeddings``."""
-    labels = [str(x).strip() for x in labels]
-    if not labels or any(not x for x in labels):
-        raise UsageError("labels: every label needs text (and give at least one)")
-    templates = list(templates or pipe.templates)
-    for t in templates:
-        if "{}" not in t:
-            raise UsageError(f"--template {t!r}: must contain {{}} where the label goes")
+    """(C, E) prompt-ensemble class embeddings, the same as ``Pipeline.label_embeddings``: the
+    labels and templates follow the same rules (``vlm.prompts``)."""
+    labels = check_labels(labels)
+    templates = check_templates(templates or pipe.templates)
     model, tok = pipe.model, pipe.tokenizer
     ids = tok([t.format(x) for x in labels for t in templates], context_length=model.cfg.text.context_length)
     lengths = (ids != tok.pad_id).sum(dim=1)  # (C*T,) tokens before the trailing padding

@@ -20,7 +20,9 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def add_model_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, image_size: bool = True, batch_size: bool = True) -> None:
+    """--model, --pretrained, --device, --image-size, --batch-size and --json; a command that runs one
+    image (explain) has no --batch-size and loads its model for batches of one."""
     from vlm.limits import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_IMAGE_SIZE
 
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR",
@@ -33,9 +35,10 @@ def add_model_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
                        help=f"run at this resolution; position embeddings are resized bicubically (a multiple "
                             f"of the patch size, at most {MAX_IMAGE_SIZE}; a batch at this size must fit in "
                             f"memory, checked before any image is read)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                   help=f"images per forward pass (1..{MAX_BATCH_SIZE}, and it must fit in memory; "
-                        f"default {DEFAULT_BATCH_SIZE})")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                       help=f"images per forward pass (1..{MAX_BATCH_SIZE}, and it must fit in memory; "
+                            f"default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -45,9 +48,10 @@ def load_pipeline(args):
 
     from vlm.limits import check_batch_size
 
-    check_batch_size(args.batch_size)  # before a model is read
+    batch_size = getattr(args, "batch_size", 1)  # a command without --batch-size runs one image at a time
+    check_batch_size(batch_size)  # before a model is read
     return vlm.load(args.model, device=args.device, image_size=getattr(args, "image_size", None),
-                    pretrained=getattr(args, "pretrained", None), batch_size=args.batch_size)
+                    pretrained=getattr(args, "pretrained", None), batch_size=batch_size)
 
 
 def progress_bar(desc: Optional[str] = None, total: Optional[int] = None, unit: str = "it"):

@@ -10,7 +10,6 @@ the model's own caption). See ``vlm/explain/`` and ``docs/explain.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Optional
 
@@ -32,12 +31,9 @@ def build_parser() -> Parser:
     p.add_argument("--num-filters", type=int, default=28, metavar="N", help="filter tiles to show")
     p.add_argument("--decoder-layers", choices=("mean", "last"), default="mean",
                    help="cross-attention averaged over all decoder layers (default) or the last one")
-    add_model_args(p)
+    add_model_args(p, batch_size=False)  # one image: nothing to batch
     add_dataclass_flags(p, GenerationConfig, only=("max_tokens",),
                         title="without --text: how the model captions the image for the token figure")
-    for action in p._actions:  # one image: the shared --batch-size option has nothing to batch
-        if action.dest == "batch_size":
-            action.help = argparse.SUPPRESS
     return p
 
 

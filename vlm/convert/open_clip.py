@@ -154,9 +154,9 @@ def config_from_open_clip_file(path, preprocess: Optional[PreprocessConfig] = No
         model_cfg = raw.get("model_cfg", raw)
         model_cfg["vision_cfg"], model_cfg["text_cfg"], model_cfg["embed_dim"]
     except FileNotFoundError:
-        raise ModelError(f"--arch {path}: no such open_clip config file") from None
+        raise ModelError(f"{path}: no such open_clip config file") from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(f"--arch {path}: not an open_clip model config ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{path}: not an open_clip model config ({type(e).__name__}: {e})") from None
     if preprocess is None and isinstance(raw.get("preprocess_cfg"), dict):
         preprocess = preprocess_from_open_clip(raw["preprocess_cfg"])
     return config_from_open_clip(model_cfg, preprocess=preprocess)

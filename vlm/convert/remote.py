@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from vlm.errors import ModelError, first_line
+from vlm.errors import ModelError, first_line, how_to_load
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
@@ -124,8 +124,10 @@ def load_open_clip(spec: str, tag: Optional[str] = None, pretrained: Optional[st
     name = f"open_clip:{arch}@{pretrained}" if pretrained else f"open_clip:{arch}"
     oc.arch_config(arch)  # an unsupported architecture or a bad config file -> ModelError
     if not pretrained:
-        raise ModelError(f"{name}: which weights? pass --pretrained TAG (e.g. {_example_tag(arch)}) or "
-                         f"--pretrained /path/to/open_clip_pytorch_model.bin")
+        example, file = _example_tag(arch), "/path/to/open_clip_pytorch_model.bin"
+        raise ModelError(f"{name}: which weights? give pretrained=TAG (e.g. {example}) or pretrained=\"{file}\" "
+                         f"(or name them: open_clip:{arch}@TAG)",
+                         cli=f"{name}: which weights? pass --pretrained TAG (e.g. {example}) or --pretrained {file}")
     path = Path(pretrained).expanduser()
     if path.exists():
         file = _find_open_clip_file(path) if path.is_dir() else path
@@ -159,10 +161,12 @@ def _load_open_clip_tag(arch: str, tag: str, name: str):
     where = f"{_hub_endpoint()}/{repo}" if repo else tag_cfg.get("url", "")
     files = f"{filename} and open_clip_config.json from {where}" if repo else where
     if not can_reach(where):
-        raise ModelError(
-            f"{name}: could not download (offline?); download {files} into a directory yourself and pass "
-            f"--model open_clip:{vlm_arch} --pretrained /path/to/{filename or 'checkpoint.pt'} (or that "
-            f"directory), or run `vlm convert open_clip FILE --arch {arch} --tag {tag} --out DIR`")
+        api, cli = how_to_load(f"open_clip:{vlm_arch}", f"/path/to/{filename or 'checkpoint.pt'}")
+        head = f"{name}: could not download (offline?); download {files} into a directory yourself and "
+        raise ModelError(f"{head}load it with {api} (or that directory), or convert it once with "
+                         f"`vlm convert open_clip`",
+                         cli=f"{head}pass {cli} (or that directory), or run "
+                             f"`vlm convert open_clip FILE --arch {arch} --tag {tag} --out DIR`")
     try:
         import open_clip
 
@@ -238,11 +242,12 @@ def _hf_snapshot(repo: str, name: str) -> Path:
         except Exception:
             pass
     where = f"{_hub_endpoint()}/{repo}"
+    api, cli = how_to_load("hf:/path/to/dir")
     if not can_reach(_hub_endpoint()):
-        raise ModelError(
-            f"{name}: could not download (offline?); download config.json, model.safetensors, vocab.json, "
-            f"merges.txt and preprocessor_config.json from {where} into a directory and pass --model hf:/path/to/dir, "
-            f"or run `vlm convert hf DIR --out OUT`")
+        head = (f"{name}: could not download (offline?); download config.json, model.safetensors, vocab.json, "
+                f"merges.txt and preprocessor_config.json from {where} into a directory and ")
+        raise ModelError(f"{head}load it with {api}, or convert it once with `vlm convert hf`",
+                         cli=f"{head}pass {cli}, or run `vlm convert hf DIR --out OUT`")
     last = ""
     for patterns in weights:
         try:
@@ -252,5 +257,5 @@ def _hf_snapshot(repo: str, name: str) -> Path:
             break
         if any((d / p).is_file() for p in patterns[:2]):
             return d
-    raise ModelError(f"{name}: could not download from {where}{f' ({last})' if last else ''}; "
-                     f"download the model directory yourself and pass --model hf:/path/to/dir")
+    head = f"{name}: could not download from {where}{f' ({last})' if last else ''}; download the model directory"
+    raise ModelError(f"{head} yourself and load it with {api}", cli=f"{head} yourself and pass {cli}")

@@ -35,7 +35,7 @@ import torch
 
 from vlm.classify.model import ClassifierConfig, ImageClassifier
 from vlm.config import PreprocessConfig, VisionConfig
-from vlm.errors import CheckpointError, first_line
+from vlm.errors import CheckpointError, first_line, how_to_load
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _BLOCK = re.compile(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$")
@@ -229,9 +229,11 @@ def load_timm(spec: str) -> ImageClassifier:
         pass
     where = f"{_hub_endpoint()}/{repo}"
     if not can_reach(_hub_endpoint()):
-        raise CheckpointError(f"{name}: could not download (offline?); download config.json and model.safetensors "
-                              f"from {where} into a directory and pass --model timm:/path/to/dir, or run "
-                              f"`vlm convert timm DIR --out OUT`")
+        api, cli = how_to_load("timm:/path/to/dir")
+        head = (f"{name}: could not download (offline?); download config.json and model.safetensors from {where} "
+                f"into a directory and ")
+        raise CheckpointError(f"{head}load it with {api}, or convert it once with `vlm convert timm`",
+                              cli=f"{head}pass {cli}, or run `vlm convert timm DIR --out OUT`")
     try:
         directory = snapshot_download(repo, allow_patterns=patterns)
     except Exception as e:  # network and hub failures come in many types

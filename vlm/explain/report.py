@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vlm.errors import ModelError, UsageError
+from vlm.errors import InvalidOption, UsageError
 from vlm.explain import figures
 from vlm.explain.attention import vit_attention
 from vlm.explain.cross import cross_attention
@@ -78,9 +78,9 @@ def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str
     """
     model = pipe.model
     if text is not None and not pipe.can_caption:
-        raise ModelError(f"{pipe.name}: --text needs a caption decoder, and this model has none (a CLIP model)")
+        raise InvalidOption("text", text, f"needs a caption decoder, and {pipe.name} has none (a CLIP model)")
     if text is not None and not text.strip():
-        raise UsageError("--text is empty: give the caption whose words to explain")
+        raise InvalidOption("text", text, "is empty: give the caption whose words to explain")
     vcfg = model.cfg.vision
     P = vcfg.patch_size
     x = pipe.images_to_tensor([image])  # (1, 3, S, S)
@@ -88,7 +88,8 @@ def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"--out {out_dir}: cannot create the directory ({e.strerror or e})") from None
+        raise InvalidOption("out_dir", str(out_dir), f"cannot create the directory ({e.strerror or e})",
+                            flag="--out") from None
     S = x.shape[-1]
     grid = (x.shape[-2] // P, x.shape[-1] // P)
     pic = display_image(x[0], pipe.preprocess_cfg.mean, pipe.preprocess_cfg.std)
