@@ -146,7 +146,7 @@ def test_two_processes_evaluate_every_image_once(shapes_cls, tmp_path):
     r = run_train(data_args(shapes_cls) + [f"output_dir={tmp_path}", "steps=4", "eval_every=4", "save_every=2",
                                            "data.batch_size=12"], TWO_CPU_PROCESSES)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 process(es), MULTI_CPU" in r.stdout and "task classify" in r.stdout, r.stdout[-2000:]
+    assert "2 processes, MULTI_CPU" in r.stdout and "task classify" in r.stdout, r.stdout[-2000:]
     assert sorted(losses(tmp_path / "losses.jsonl")) == [1, 2, 3, 4]
     model = load_classifier(tmp_path / "model")
     val = open_labelled(shapes_cls / "val").remap(model.labels)

@@ -68,6 +68,15 @@ def test_micro_run_loss_goes_down(shapes, tmp_path):
     assert len(pipe.caption([shapes / "images" / "000001.png"], max_tokens=5)) == 1
 
 
+def test_a_run_off_a_terminal_has_no_progress_bar_and_says_one_process(shapes, tmp_path):
+    """stderr that is not a terminal (a log file) gets no tqdm bar, as everywhere in vlm; the
+    summary line reads "1 process", not Accelerate's DistributedType "NO" (issue 13 nits)."""
+    r = run_script([f"data.root={shapes}", "steps=2", f"output_dir={tmp_path}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "it/s" not in r.stderr and "train:" not in r.stderr, r.stderr[-2000:]
+    assert "1 process, device cpu, mixed precision no" in r.stdout and ", NO," not in r.stdout, r.stdout[-2000:]
+
+
 def test_bf16_accumulation_checkpointing_eval_and_tensorboard(shapes, tmp_path):
     # one micro run with the features a GPU run uses: bf16 autocast (CPU here), 2 micro-batches per
     # optimizer step, gradient checkpointing, evaluation every 4 steps, TensorBoard scalars
@@ -102,7 +111,7 @@ def test_two_process_accelerate_launch(shapes, tmp_path):
     r = run_script([f"data.root={shapes}", f"output_dir={tmp_path}", "steps=4", "save_every=2",
                     "data.batch_size=8"], TWO_CPU_PROCESSES)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 process(es), MULTI_CPU, device cpu" in r.stdout, r.stdout[-2000:]
+    assert "2 processes, MULTI_CPU, device cpu" in r.stdout, r.stdout[-2000:]
     assert "FutureWarning" not in r.stderr, r.stderr[-3000:]  # the loss gathers with a non-deprecated collective
     ckpt = tmp_path / "checkpoints" / "step_0000004"
     assert (ckpt / "trainer_state.json").is_file() and (ckpt / "optimizer.bin").is_file()
@@ -138,7 +147,7 @@ def test_two_processes_with_unequal_and_empty_batches(tmp_path):
     r = run_script([f"data.root={data}", f"output_dir={tmp_path / 'run'}", "steps=6", "data.batch_size=4"],
                    TWO_CPU_PROCESSES, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "finished at step 6" in r.stdout and "2 process(es)" in r.stdout, r.stdout[-2000:]
+    assert "finished at step 6" in r.stdout and "2 processes" in r.stdout, r.stdout[-2000:]
     skipped = re.search(r"data: skipped (\d+) of (\d+) items", r.stdout)
     assert skipped and int(skipped.group(1)) > 0, r.stdout[-2000:]
 
@@ -231,7 +240,7 @@ def test_streaming_on_two_processes(shapes_imagefolder, tmp_path):
     r = run_script(["data.kind=hf", f"data.root={shapes_imagefolder}", "data.streaming=true", "data.val_split=null",
                     "data.batch_size=8", "steps=4", f"output_dir={tmp_path}"], TWO_CPU_PROCESSES)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 process(es), MULTI_CPU" in r.stdout and "finished at step 4" in r.stdout, r.stdout[-2000:]
+    assert "2 processes, MULTI_CPU" in r.stdout and "finished at step 4" in r.stdout, r.stdout[-2000:]
 
 
 def test_data_without_one_usable_batch_stops_with_one_line(tmp_path):
@@ -254,7 +263,7 @@ def test_two_process_run_resumes_on_the_same_trajectory(shapes, tmp_path):
     for args in ([f"output_dir={full}"], [f"output_dir={part}", "stop_after=5"],
                  [f"output_dir={part}", "resume=latest"]):
         r = run_script(common + args, TWO_CPU_PROCESSES)
-        assert r.returncode == 0 and "2 process(es)" in r.stdout, r.stderr[-2000:]
+        assert r.returncode == 0 and "2 processes" in r.stdout, r.stderr[-2000:]
     a, b = losses(full / "losses.jsonl"), losses(part / "losses.jsonl")
     assert sorted(a) == sorted(b) == list(range(1, 13))
     assert torch.allclose(torch.tensor([a[s] for s in a]), torch.tensor([b[s] for s in a]), rtol=1e-4, atol=1e-5)

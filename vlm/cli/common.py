@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 from vlm.errors import UsageError
+from vlm.progress import progress_bar
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,15 +53,6 @@ def load_pipeline(args):
     check_batch_size(batch_size)  # before a model is read
     return vlm.load(args.model, device=args.device, image_size=getattr(args, "image_size", None),
                     pretrained=getattr(args, "pretrained", None), batch_size=batch_size)
-
-
-def progress_bar(desc: Optional[str] = None, total: Optional[int] = None, unit: str = "it"):
-    """A tqdm bar on stderr when stderr is a terminal (long work shows progress), else None."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
 @dataclass

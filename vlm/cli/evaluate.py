@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from vlm.cli.common import Parser, add_model_args, load_pipeline, progress_bar
+from vlm.cli.common import Parser, add_model_args, load_pipeline
 from vlm.errors import InvalidOption, UsageError
+from vlm.progress import progress_bar
 
 
 def build_parser() -> Parser:

@@ -24,15 +24,14 @@ __all__ = ["NonFiniteLossError", "train"]
 
 def train(cfg) -> dict:
     """Run the configured training; returns a summary dict (final step, losses, export dir)."""
-    from tqdm.auto import tqdm
-
     from vlm.data.collate import SkipCounter
+    from vlm.progress import progress_bar
     from vlm.training.setup import setup
 
     run = setup(cfg)
     acc, state = run.accelerator, run.state
     skips, history = SkipCounter(), []
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not acc.is_local_main_process, desc="train")
+    bar = progress_bar("train", total=cfg.steps, initial=state.step) if acc.is_local_main_process else None
     run.model.train()
     try:
         while state.step < cfg.steps and not stopping(run):
@@ -59,7 +58,8 @@ def train(cfg) -> dict:
                                      f"({skips.summary()})")
                 state.epoch, state.batches = state.epoch + 1, 0
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     finished = state.step >= cfg.steps
     export = run.out / "model"
     if finished:

@@ -122,5 +122,7 @@ def _announce(accelerator, task: Task) -> None:
     if precision != "no" and not accelerator.native_amp:  # e.g. fp16 on a CPU: Accelerate keeps float32
         precision = f"{precision} unavailable on {accelerator.device.type}, training in float32 (bf16 works on CPUs)"
     facts = "".join(f", {k} {v}" for k, v in task.metadata().items())
-    accelerator.print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
-                      f"device {accelerator.device.type}, mixed precision {precision}, task {task.name}{facts}")
+    n = accelerator.num_processes  # with more than one, how they are joined: MULTI_CPU, MULTI_GPU, FSDP, ...
+    processes = "1 process" if n == 1 else f"{n} processes, {accelerator.distributed_type.value}"
+    accelerator.print(f"{processes}, device {accelerator.device.type}, mixed precision {precision}, "
+                      f"task {task.name}{facts}")

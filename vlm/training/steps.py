@@ -93,13 +93,15 @@ def after_step(run, bar, record: dict) -> dict:
     run.task.after_step(run.model)
     state.step += 1
     record = {"step": state.step, **record}
-    bar.update(1)
+    if bar is not None:  # a progress bar on a terminal only (vlm.progress)
+        bar.update(1)
     if run.log is not None:
         run.log.write(record)
     last = state.step == cfg.steps
     if state.step % cfg.log_every == 0 or last:
         acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
-        bar.set_postfix(loss=f"{record['total']:.4f}", lr=f"{record['lr']:.2e}")
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['total']:.4f}", lr=f"{record['lr']:.2e}")
     if run.val_loader is not None and cfg.eval_every and (state.step % cfg.eval_every == 0 or last):
         evaluate(run)
     if (cfg.save_every and state.step % cfg.save_every == 0) or (stopping(run) and not last):
