@@ -233,6 +233,36 @@ def test_data_shapes_uses_the_cli_parser_and_replaces_an_earlier_dataset(tmp_pat
     assert (other / "images" / "mine.png").exists()
 
 
+def _files(root):
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def test_data_shapes_rewrite_replaces_the_earlier_dataset_of_either_layout(tmp_path):
+    """A rewrite leaves exactly the new dataset, whichever layout wrote the old one; a class folder
+    holding a file vlm did not write is refused in one line and kept (issue 13 item 18)."""
+    from vlm.classify.shapes import generate_class_folders
+    from vlm.data.shapes import generate_shapes
+
+    out = tmp_path / "d"
+    classes = ["--layout", "classes", "--classes"]
+    assert run_vlm("data", "shapes", "--out", out, "--n", "40", "--seed", "1", *classes, "10").returncode == 0
+    assert run_vlm("data", "shapes", "--out", out, "--n", "6", "--seed", "2", *classes, "3").returncode == 0
+    assert _files(out) == _files(generate_class_folders(tmp_path / "fresh_cls", n=6, seed=2, classes=3))
+    assert run_vlm("data", "shapes", "--out", out, "--n", "5", "--seed", "3").returncode == 0  # classes -> coco
+    assert _files(out) == _files(generate_shapes(tmp_path / "fresh_coco", n=5, seed=3))
+    assert run_vlm("data", "shapes", "--out", out, "--n", "4", "--seed", "4", *classes, "2").returncode == 0
+    assert _files(out) == _files(generate_class_folders(tmp_path / "fresh_cls2", n=4, seed=4, classes=2))
+    mine = out / "red circle" / "mine.jpg"
+    mine.write_bytes(b"x")
+    _one_line(run_vlm("data", "shapes", "--out", out, "--n", "2", "--seed", "0"),
+              f"vlm data shapes: error: --out {out}: {mine} is not from vlm data shapes")
+    assert mine.exists()
+    _one_line(run_vlm("data", "shapes", "--out", tmp_path / "x", "--n", "0", "--seed", "1"),
+              "vlm data shapes: error: --n 0: must be a positive integer")
+    _one_line(run_vlm("data", "shapes", "--out", tmp_path / "x", "--n", "3", "--seed", "1", *classes, "30"),
+              "vlm data shapes: error: --classes 30: must be between 2 and 24")
+
+
 def _run_on_a_terminal(args, timeout=120) -> str:
     """Run `vlm ARGS` with stderr on a pseudo-terminal; returns what the terminal showed."""
     master, slave = pty.openpty()

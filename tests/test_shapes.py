@@ -117,7 +117,7 @@ def test_cli_writes_dataset(tmp_path, capsys):
     assert "wrote 3 images" in capsys.readouterr().out
     assert len(_load(tmp_path / "cli")["images"]) == 3
     assert shapes_main(["--out", str(tmp_path / "bad"), "--n", "0", "--seed", "1"]) == 2
-    assert "n=0" in capsys.readouterr().err
+    assert "--n 0: must be a positive integer" in capsys.readouterr().err
 
 
 def test_bad_arguments_raise():
@@ -127,3 +127,22 @@ def test_bad_arguments_raise():
         generate_shapes("unused", n=1, seed=-1)
     with pytest.raises(ValueError, match="image_size="):
         generate_shapes("unused", n=1, seed=0, image_size=16)
+
+
+def test_a_rewrite_through_the_api_replaces_the_earlier_dataset_and_refuses_foreign_content(tmp_path):
+    """generate_shapes and generate_class_folders replace what either of them wrote before, and
+    refuse (InvalidOption out_dir=..., --out on the command line) a directory holding anything else."""
+    from vlm.classify.shapes import generate_class_folders
+    from vlm.errors import InvalidOption
+
+    out = generate_class_folders(tmp_path / "d", n=30, seed=1, classes=8)
+    generate_class_folders(out, n=5, seed=2, classes=2)
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert len(names) == 5 and len({n.split("/")[1] for n in names}) == 5  # no id in two classes
+    generate_shapes(out, n=3, seed=1)
+    assert sorted(p.name for p in out.iterdir()) == ["annotations", "classes.json", "images"]
+    (out / "images" / "extra.txt").write_text("mine")
+    with pytest.raises(InvalidOption, match=r"^out_dir='.*': .*extra.txt is not from vlm data shapes") as e:
+        generate_class_folders(out, n=3, seed=1)
+    assert e.value.cli_message().startswith(f"--out {out}: ")
+    assert (out / "images" / "extra.txt").exists() and not (out / "red circle").exists()

@@ -14,27 +14,25 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from vlm.data.shapes import CLASSES, png_bytes, render_scene, sample_scene
+from vlm.data.shapes import CLASSES, check_counts, png_bytes, render_scene, sample_scene
+from vlm.data.shapes_dir import prepare_out_dir
+from vlm.errors import InvalidOption
 
 
 def generate_class_folders(out_dir, n: int, seed: int, image_size: int = 64,
                            classes: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> Path:
     """Write ``n`` single-object images into ``out_dir/CLASS/``; ``classes`` keeps the first k of
     the 24 color+shape classes (all by default). ``progress``, if given, is called with each
-    image id once it is written."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: must be a positive integer")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r}: must be a non-negative integer")
-    if not isinstance(image_size, int) or image_size < 32:
-        raise ValueError(f"image_size={image_size!r}: must be an integer >= 32")
+    image id once it is written. An earlier shapes dataset in ``out_dir`` (either layout) is
+    replaced; a directory holding anything else is refused (``vlm.data.shapes_dir``)."""
+    check_counts(n, seed, image_size)
     k = len(CLASSES) if classes is None else classes
-    if not 2 <= k <= len(CLASSES):
-        raise ValueError(f"classes={classes!r}: must be between 2 and {len(CLASSES)}")
+    if not isinstance(k, int) or not 2 <= k <= len(CLASSES):
+        raise InvalidOption("classes", classes, f"must be between 2 and {len(CLASSES)}")
     allowed = set(CLASSES[:k])
-    out = Path(out_dir)
+    out = prepare_out_dir(out_dir)
     for name in CLASSES[:k]:
-        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name).mkdir()
     for image_id in range(1, n + 1):
         rng = np.random.default_rng([seed, image_id])
         while True:

@@ -4,13 +4,14 @@
     vlm data shapes --layout classes --out data/shapes_cls --n 480 --seed 0 [--classes 4]
 
 ``--layout classes`` writes class-per-folder single-object images (for ``vlm probe`` and
-classification training). Into an existing directory it replaces an earlier shapes dataset
-(images of a larger earlier run are removed), and refuses a directory that holds something
-else. A progress bar shows on a terminal. The data itself: ``vlm.data.shapes``.
+classification training). Into an existing directory it replaces an earlier shapes dataset of
+either layout, and refuses a directory that holds anything else (``vlm.data.shapes_dir``).
+A progress bar shows on a terminal. The data itself: ``vlm.data.shapes``.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Optional
@@ -44,56 +45,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     return guarded(f"vlm data {args.what}", lambda: shapes(args))
 
 
-def foreign_content(out: Path) -> Optional[str]:
-    """Why ``out`` holds something other than a shapes dataset (so it must not be written into), or None."""
-    from vlm.data.shapes import is_shapes_dir
-
-    captions = out / "annotations" / "captions.json"
-    if captions.is_file():
-        return None if is_shapes_dir(out) else f"{captions} is not from vlm data shapes"
-    if (out / "images").is_dir() and any((out / "images").iterdir()):
-        return f"{out / 'images'} holds files but there is no annotations/captions.json"
-    return None
-
-
 def shapes(args) -> int:
-    from vlm.cli.common import progress_bar
-    from vlm.errors import first_line
+    from vlm.progress import progress_bar
+    from vlm.errors import VlmError, first_line
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    why = foreign_content(out) if out.is_dir() else None
-    if why:
-        raise UsageError(f"--out {out}: {why}; choose a new or empty directory")
-    start = time.perf_counter()
     if args.layout == "classes":
         from vlm.classify.shapes import generate_class_folders
 
-        bar = progress_bar("vlm data shapes", total=args.n, unit="img") if args.n > 0 else None
-        try:
-            out = generate_class_folders(out, n=args.n, seed=args.seed, image_size=args.image_size,
-                                         classes=args.classes,
-                                         progress=(lambda _: bar.update(1)) if bar is not None else None)
-        except (ValueError, OSError) as exc:
-            raise UsageError(first_line(exc)) from None
-        finally:
-            if bar is not None:
-                bar.close()
-        print(f"wrote {args.n} images into class folders under {out} in {time.perf_counter() - start:.1f} s")
-        return 0
-    from vlm.data.shapes import generate_shapes
-
+        write = functools.partial(generate_class_folders, classes=args.classes)
+    else:
+        from vlm.data.shapes import generate_shapes as write
+    start = time.perf_counter()
     bar = progress_bar("vlm data shapes", total=args.n, unit="img") if args.n > 0 else None
     try:
-        out = generate_shapes(out, n=args.n, seed=args.seed, image_size=args.image_size,
-                              progress=(lambda _: bar.update(1)) if bar is not None else None)
+        out = write(Path(args.out), n=args.n, seed=args.seed, image_size=args.image_size,
+                    progress=(lambda _: bar.update(1)) if bar is not None else None)
+    except VlmError:  # InvalidOption: its flag (--n, --seed, --image-size, --classes, --out) and why
+        raise
     except (ValueError, OSError) as exc:
         raise UsageError(first_line(exc)) from None
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
+    if args.layout == "classes":
+        print(f"wrote {args.n} images into class folders under {out} in {seconds:.1f} s")
+        return 0
     print(f"wrote {args.n} images to {out / 'images'} in {seconds:.1f} s "
           f"({args.n / max(seconds, 1e-9):.0f} images/s)\n"
           f"captions: {out / 'annotations' / 'captions.json'}\n"

@@ -49,6 +49,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlm.errors import InvalidOption
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -393,22 +395,30 @@ def scene_captions(scene: Scene, rng: np.random.Generator, image_size: int = 64)
 # ---------------------------------------------------------------- writer
 
 
+def check_counts(n, seed, image_size) -> None:
+    """``InvalidOption`` unless n >= 1, seed >= 0 and image_size >= 32 are integers."""
+    if not isinstance(n, int) or n < 1:
+        raise InvalidOption("n", n, "must be a positive integer")
+    if not isinstance(seed, int) or seed < 0:
+        raise InvalidOption("seed", seed, "must be a non-negative integer")
+    if not isinstance(image_size, int) or image_size < 32:
+        raise InvalidOption("image_size", image_size, "must be an integer >= 32")
+
+
 def generate_shapes(out_dir: str | Path, n: int, seed: int, image_size: int = 64, progress=None) -> Path:
     """Write ``n`` scenes (ids 1..n) under ``out_dir``; returns ``out_dir``.
 
-    Scene images of an earlier run into the same directory with ids above ``n`` are removed, so
-    ``images/`` holds exactly this dataset. ``progress``, if given, is called with each image id.
-    Raises ValueError for n < 1, a negative seed or image_size < 32.
+    An earlier shapes dataset in ``out_dir`` (either layout) is replaced, so it holds exactly
+    this one; a directory holding anything else is refused (``vlm.data.shapes_dir``).
+    ``progress``, if given, is called with each image id. Raises ``InvalidOption`` (a ValueError)
+    for n < 1, a negative seed, image_size < 32 or such an ``out_dir``.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: must be a positive integer")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed={seed!r}: must be a non-negative integer")
-    if not isinstance(image_size, int) or image_size < 32:
-        raise ValueError(f"image_size={image_size!r}: must be an integer >= 32")
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    from vlm.data.shapes_dir import prepare_out_dir
+
+    check_counts(n, seed, image_size)
+    out = prepare_out_dir(out_dir)
+    (out / "images").mkdir()
+    (out / "annotations").mkdir()
 
     images, annotations, labels = [], [], {}
     for image_id in range(1, n + 1):
@@ -435,9 +445,6 @@ def generate_shapes(out_dir: str | Path, n: int, seed: int, image_size: int = 64
             labels[str(image_id)] = CLASSES.index(scene.objects[0].class_name)
         if progress is not None:
             progress(image_id)
-    for old in (out / "images").glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):  # stale scenes of a larger run
-        if int(old.stem) > n:
-            old.unlink()
 
     coco = {
         "info": {
