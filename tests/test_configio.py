@@ -74,6 +74,8 @@ def test_dotted_overrides_merge_section_by_section():
     ("steps=abc", "override steps=abc: steps='abc': expected a whole number"),
     ("model.vision.bogus=2", "override model.vision.bogus=2: unknown key model.vision.bogus (known: image_size,"),
     ("image_size=big", "override image_size=big: model.vision.image_size='big': expected a whole number"),
+    ("steps=0", "override steps=0: steps=0: must be at least 1"),  # a range check of one field, too
+    ("data.batch_size=0", "override data.batch_size=0: data.batch_size=0: must be at least 1"),
 ])
 def test_a_bad_override_is_named_as_the_override_not_the_file(override, message):
     with pytest.raises(configio.ConfigError) as e:

@@ -112,7 +112,7 @@ def test_plain_accelerate_launch_prints_the_line_once_and_exits_1(shapes, tmp_pa
     r = subprocess.run(cmd, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True,
                        timeout=240)
     ours = [line for line in r.stderr.splitlines() if line.startswith("train.py: error:")]
-    assert ours == [f"train.py: error: --config {MICRO}: steps=0: must be at least 1"], r.stderr[-3000:]
+    assert ours == ["train.py: error: override steps=0: steps=0: must be at least 1"], r.stderr[-3000:]
     assert r.returncode == 1  # Accelerate's launcher reports any failing child as 1 (docs/training.md)
 
 

@@ -25,6 +25,7 @@ Run: ``accelerate launch scripts/train.py --config FILE``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -187,8 +188,10 @@ def load_train_config(path: Optional[str], overrides: list[str] = ()) -> TrainCo
     cfg = configio.from_dict(TrainConfig, raw, source)
     try:
         cfg.validate()
-    except ValueError as e:
-        raise configio.ConfigError(f"{source}: {e}") from None
+    except ValueError as e:  # "steps=0: ..." names one key: an override that set it is to blame
+        key = str(e).split("=", 1)[0] if re.match(r"[\w.]+=", str(e)) else None
+        blamed = [f"override {text}" for (k, _), text in zip(given, overrides) if k == key]
+        raise configio.ConfigError(f"{(blamed or [source])[-1]}: {e}") from None
     if not cfg.init_from:
         model_config(cfg, source)  # the architecture with its overrides: checked here, once
     return cfg
