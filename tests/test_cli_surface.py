@@ -164,7 +164,8 @@ def test_similarity_plot_path_checked_before_any_work(tiny_checkpoint, sample_im
     base = ["similarity", "--images", sample_images["good"], "--texts", "a red image", "--model", tiny_checkpoint]
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    for plot, words in [(tmp_path, "is a directory"), (blocker / "sim.png", "no such directory"),
+    for plot, words in [(tmp_path, "is a directory"), (blocker / "sim.png", f"{blocker} is not a directory"),
+                        (blocker / "sub" / "sim.png", f"{blocker} is not a directory"),
                         (tmp_path / "missing_dir" / "sim.png", "no such directory"),
                         (tmp_path / "sim.bogus", "unknown figure format 'bogus'")]:
         proc = run_vlm(*base, "--plot", plot)

@@ -39,6 +39,11 @@ def check_plot_path(path: str) -> None:
         raise UsageError(f"--plot {path}: unknown figure format {plot_format(path)!r} (use {', '.join(PLOT_FORMATS)})")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
+        existing = parent
+        while not os.path.exists(existing):  # the nearest ancestor there is: a file in the way?
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UsageError(f"--plot {path}: {existing} is not a directory")
         raise UsageError(f"--plot {path}: no such directory {parent}")
     existed = os.path.exists(path)
     try:  # really open it (permissions, read-only file systems, root squash): only then is it known
