@@ -203,6 +203,10 @@ def test_evaluate_exits_1_when_images_are_missing_and_hints_the_coco_split(tiny_
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["num_images"] == 3
     assert "3 of 6 images could not be read" in proc.stderr and "Traceback" not in proc.stderr
+    # each unreadable image is one line worded as vlm caption words a failed input
+    for i in (1, 2, 3):
+        assert f"vlm evaluate: error: {data / 'images' / f'{i:06d}.png'}: no such file or directory\n" in proc.stderr
+    assert all(line.startswith("vlm evaluate: ") for line in proc.stderr.splitlines()), proc.stderr
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
     shutil.copy(data / "annotations" / "captions.json", root / "annotations" / "captions_val2017.json")

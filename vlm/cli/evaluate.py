@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from vlm.cli.common import Parser, add_model_args, load_pipeline
+from vlm.cli.common import Item, Parser, Reporter, add_model_args, load_pipeline
 from vlm.errors import InvalidOption, UsageError
 from vlm.progress import progress_bar
 
@@ -89,12 +89,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UsageError(str(e)) from None  # names classes.json
     checks = shapes_checks(data)  # a `vlm data shapes` dir: its captions name known colors and shapes
     pipe = load_pipeline(args)
+    reporter = Reporter(args.json, "evaluate", json_errors=False)  # an unreadable image: one line, as in caption
     bar = progress_bar("vlm evaluate", total=min(n_images, args.max_images or n_images), unit="img")
     try:
         report = evaluate_model(pipe, data, args.split, batch_size=args.batch_size, beams=args.beams,
                                 max_tokens=args.max_tokens, max_images=args.max_images, spice=not args.no_spice,
                                 meteor=not args.no_meteor, progress=bar.update if bar else None,
-                                checks=checks)
+                                checks=checks,
+                                on_skip=lambda path, why: reporter.error(Item(path, error=f"{path}: {why}")))
     except InvalidOption:  # an option (beams x batch too large): it names itself
         raise
     except ValueError as e:

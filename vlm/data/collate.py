@@ -51,18 +51,22 @@ class SkipCounter:
     reasons: Counter = field(default_factory=Counter)  # reason text -> count
     examples: list[str] = field(default_factory=list)  # first "source: reason" lines
     max_examples: int = 5
+    on_skip: Optional[Callable[[str, str], None]] = None  # (source, reason) of every skip, instead of the log
 
     def record_ok(self) -> None:
         self.seen += 1
 
     def record_skip(self, source: str, reason: str) -> None:
-        """Count one skipped item; logs the first ``max_examples`` of them."""
+        """Count one skipped item; ``on_skip`` reports it, else the first ``max_examples`` are logged."""
         self.seen += 1
         self.skipped += 1
         self.reasons[reason] += 1
         if len(self.examples) < self.max_examples:
             self.examples.append(f"{source}: {reason}")
-            logger.warning("skipping image %s: %s", source, reason)
+            if self.on_skip is None:
+                logger.warning("skipping image %s: %s", source, reason)
+        if self.on_skip is not None:
+            self.on_skip(source, reason)
 
     def update(self, batch: dict) -> None:
         """Add the counts of a batch made by ``collate``."""

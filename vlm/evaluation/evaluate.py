@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Optional, Protocol, Sequence
+from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
 
@@ -100,11 +100,13 @@ def load_classes(data_dir: Path) -> Optional[dict]:
 @torch.inference_mode()
 def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int = 64, beams: int = 1,
                    max_tokens: int = GenerationConfig.max_tokens, max_images: Optional[int] = None, spice: bool = True,
-                   meteor: bool = True, progress=None, checks: Sequence[CaptionCheck] = ()) -> dict:
+                   meteor: bool = True, progress=None, checks: Sequence[CaptionCheck] = (),
+                   on_skip: Optional[Callable[[str, str], None]] = None) -> dict:
     """All metrics the dataset allows for a loaded ``vlm.api.Pipeline`` (see the module docstring).
 
     ``checks`` add their entries to the report once captions are generated. ``progress``, if
-    given, is called with the number of images of each batch once it is done."""
+    given, is called with the number of images of each batch once it is done; ``on_skip`` with
+    (path, reason) of each image that could not be read (else the first few are logged)."""
     from vlm.data.collate import SkipCounter, load_or_skip
     from vlm.evaluation.captioning import evaluate_captions
     from vlm.evaluation.retrieval import retrieval_recall
@@ -116,7 +118,7 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     ds = open_caption_dir(data_dir, split, load_images=False)
     classes = load_classes(Path(data_dir))  # a bad classes.json stops the run before any captioning
     ids = ds.image_ids()[:max_images] if max_images else ds.image_ids()
-    skips = SkipCounter()
+    skips = SkipCounter(on_skip=on_skip)
     gen_cfg = pipe.generation_config(beams=beams, max_tokens=max_tokens) if pipe.can_caption else None
     tok = pipe.tokenizer
     kept: list[int] = []
