@@ -97,6 +97,7 @@ def test_broken_pipe_and_stdin(tiny_checkpoint, sample_images, tmp_path):
     proc.wait(timeout=120)
     assert first.startswith(str(many / "00.png").encode())
     assert err == "" and proc.returncode == 141, err  # quiet, 128 + SIGPIPE like cat
+    assert "141 the reader of the output went away" in (REPO / "README.md").read_text()  # a documented status
     # `cat img | vlm caption /dev/stdin`
     with open(sample_images["good"], "rb") as fh:
         piped = subprocess.run([sys.executable, "-m", "vlm.cli.main", "caption", "/dev/stdin", "--model",
@@ -340,3 +341,7 @@ def test_readme_flag_table_agrees_with_every_command():
     for name, flags in table.items():
         shown = set(re.findall(r"--[a-z-]+", run_vlm(name, "--help").stdout)) & model_flags
         assert shown == flags, (name, shown, flags)
+    # the sentence above the table names the model flags and claims no command takes them all
+    intro = text[text.index("## Using it"):text.index("| command | model flags |")]
+    assert set(re.findall(r"`(--[a-z-]+)", intro)) == model_flags == set().union(*table.values()), intro
+    assert "the table says which of them each command takes" in " ".join(intro.split()), intro
