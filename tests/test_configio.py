@@ -83,6 +83,29 @@ def test_a_bad_override_is_named_as_the_override_not_the_file(override, message)
     assert str(e.value).startswith(message), str(e.value)
 
 
+@pytest.mark.parametrize("content, reason", [
+    (None, "no such file"),
+    ("steps: [1\n", "not valid YAML"),
+    ("- steps\n", "must be a mapping of keys to values"),
+    ("bogus: 1\n", "unknown key bogus"),
+    ("steps: 0\n", "steps=0: must be at least 1"),
+])
+def test_a_config_file_error_names_the_path_in_python_and_the_flag_on_the_command_line(
+        tmp_path, capsys, content, reason):
+    from vlm.training.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises((FileNotFoundError, configio.ConfigError)) as e:
+        load_train_config(str(path))
+    assert str(e.value).startswith(f"{path}: {reason}"), str(e.value)  # the API never quotes a CLI flag
+    assert isinstance(e.value, FileNotFoundError) == (content is None)
+    assert main(["--config", str(path)]) == 2  # scripts/train.py and `vlm train`: the flag the user typed
+    err = capsys.readouterr().err
+    assert err.startswith(f"train.py: error: --config {path}: {reason}") and len(err.splitlines()) == 1, err
+
+
 def test_generation_config_loads_through_the_same_loader():
     from vlm.generation import GenerationConfig
 

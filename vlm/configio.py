@@ -23,7 +23,7 @@ YAML scalars: ``steps=100``, ``freeze=[visual]``, ``init_from=null``) and
     cfg = from_dict(ModelConfig, json.loads(text), source="ckpt/config.json")
     raw = merge(yaml.safe_load(text), dotted_overrides(["lr=3e-4", "data.batch_size=8"]))
 
-Only the standard library is imported (yaml inside ``parse_value``).
+Only the standard library and ``vlm.errors`` are imported (yaml inside ``parse_value``).
 """
 
 from __future__ import annotations
@@ -34,14 +34,21 @@ import types
 import typing
 from typing import Any, Iterable, Literal, TypeVar, Union
 
+from vlm.errors import VlmError
+
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "dotted_overrides", "from_dict", "merge", "parse_overrides", "parse_value",
+__all__ = ["ConfigError", "ConfigFileNotFound", "dotted_overrides", "from_dict", "merge", "parse_overrides", "parse_value",
            "set_dotted", "to_dict"]
 
 
-class ConfigError(ValueError):
-    """A config value or key that cannot be used; ``str()`` is one line naming the file and key."""
+class ConfigError(VlmError, ValueError):
+    """A config value or key that cannot be used; ``str()`` is one line naming the file and key
+    (``cli``, when given, is the same line naming the command-line flag that gave the file)."""
+
+
+class ConfigFileNotFound(ConfigError, FileNotFoundError):
+    """The config file itself does not exist: a ``FileNotFoundError`` too."""
 
 
 def to_dict(obj) -> dict[str, Any]:

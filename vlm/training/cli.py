@@ -49,12 +49,13 @@ def is_main_process(environ=os.environ) -> bool:
 def preflight(config: Optional[str], overrides: list[str]):
     """The checked ``TrainConfig``, or ``TrainFailed`` (exit 2) for a bad config, a missing data
     directory or layout or a ``resume`` with nothing to resume from; builds nothing."""
+    from vlm.errors import VlmError
     from vlm.training.config import load_train_config
 
     try:
         cfg = load_train_config(config, overrides)
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        raise TrainFailed(str(e), 2) from None
+    except (FileNotFoundError, ValueError, TypeError) as e:  # a ConfigError names the file as --config PATH
+        raise TrainFailed(e.cli_message() if isinstance(e, VlmError) else str(e), 2) from None
     if cfg.task == "caption":  # (a classify task reads class folders, a CSV or hf:SPEC: its own checks)
         d = cfg.data
         local = [("data.root", d.root)] if d.kind in ("shapes", "coco", "karpathy") else []

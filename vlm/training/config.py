@@ -146,24 +146,35 @@ class TrainConfig:
 def load_train_config(path: Optional[str], overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML file (or start from the defaults) and apply ``key=value`` overrides.
 
-    Raises ``FileNotFoundError`` or ``ValueError`` (``configio.ConfigError``) with one line naming
-    the file or the override and the key. The model config is checked too (``model_setup.model_config``)
+    Raises ``configio.ConfigError`` (a ``ValueError``; ``ConfigFileNotFound``, also a
+    ``FileNotFoundError``, for a missing file) with one line naming the file (``PATH: ...``) or the
+    override and the key; its ``cli_message()`` names the file as ``--config PATH``, the flag
+    the command line read it from. The model config is checked too (``model_setup.model_config``)
     unless ``init_from`` decides the architecture.
     """
+    try:
+        return _load(path, overrides)
+    except configio.ConfigError as e:
+        if path and e.cli is None and str(e).startswith(f"{path}: "):
+            e.cli = f"--config {e}"
+        raise
+
+
+def _load(path: Optional[str], overrides: list[str]) -> TrainConfig:
     import yaml
 
-    source = f"--config {path}" if path else "config"
+    source = str(path) if path else "config"
     raw: dict = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"--config {path}: no such file")
+            raise configio.ConfigFileNotFound(f"{path}: no such file")
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"--config {path}: not valid YAML ({first_line(e)})") from None
+            raise configio.ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"--config {path}: must be a mapping of keys to values")
+            raise configio.ConfigError(f"{path}: must be a mapping of keys to values")
     pairs = [(k, raw.pop(k)) for k in [k for k in raw if "." in str(k)]]  # dotted keys in the file
     given = configio.parse_overrides(overrides)
     for (key, value), text in zip(given, overrides):  # a bad override is named as such, not as the file's
