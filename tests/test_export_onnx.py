@@ -142,11 +142,26 @@ def test_a_failed_export_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # neither the output nor the temporary directory
 
 
+def test_a_full_out_directory_is_refused_in_python_terms_and_in_flag_terms(tmp_path):
+    from vlm.errors import UsageError
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    with pytest.raises(UsageError) as e:
+        export(vlm.load(), "onnx", tmp_path / "full")
+    assert str(e.value) == f"{tmp_path / 'full'}: exists and is not an empty directory (force=True replaces it)"
+    assert e.value.cli_message() == (f"--out {tmp_path / 'full'}: exists and is not an empty directory "
+                                     f"(pass --force to replace it)")
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
 def test_export_cli_usage_errors(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
     r = run_vlm("export", "onnx", "--out", tmp_path / "full")
     assert r.returncode == 2 and "exists and is not an empty directory" in r.stderr
+    assert r.stderr.strip() == (f"vlm export: error: --out {tmp_path / 'full'}: exists and is not an empty "
+                                f"directory (pass --force to replace it)")
     assert len(r.stderr.strip().splitlines()) == 1 and (tmp_path / "full" / "x").read_text() == "keep me"
     r = run_vlm("export", "tflite", "--out", tmp_path / "o")
     assert r.returncode == 2 and r.stderr.strip() == ("vlm export: error: tflite: give a format (onnx, hf or "

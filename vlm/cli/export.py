@@ -44,9 +44,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UsageError("--out DIR is required")
     from pathlib import Path
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.force)):  # before the model loads
-        raise UsageError(f"--out {out}: exists and is not an empty directory (pass --force to replace it)")
+    from vlm.export.common import check_out_dir
+
+    check_out_dir(Path(args.out), args.force)  # before the model loads (export checks it again, atomically)
     import vlm
     from vlm.export import check, export
 

@@ -24,11 +24,14 @@ class ExportRefused(ModelError):
 
 
 def check_out_dir(out: Path, force: bool = False) -> None:
-    """An output directory must be new or empty (or replaced with ``force``)."""
+    """An output directory must be new or empty (or replaced with ``force``); the refusal names
+    ``force=True`` in Python and ``--out DIR`` / ``--force`` on the command line (``cli_message()``)."""
     from vlm.errors import UsageError
 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
-        raise UsageError(f"{out}: exists and is not an empty directory (force=True replaces it)")
+        why = "exists and is not an empty directory"
+        raise UsageError(f"{out}: {why} (force=True replaces it)",
+                         cli=f"--out {out}: {why} (pass --force to replace it)")
 
 
 @contextlib.contextmanager
