@@ -81,13 +81,20 @@ def test_evaluate_classifier_cli_json_plot_and_bad_input(shapes_cls, tmp_path):
     rep = json.loads(r.stdout)["classification"]
     assert rep["images"] == 80 and set(rep["per_class_recall"]) == set(model.labels)
     assert 0 <= rep["top1"] <= rep["top5"] == 1.0 and plot.stat().st_size > 1000
-    # a CSV with missing paths: each missing file named on one line, skipped and counted
+    # a CSV with missing paths: each missing file named on one line, skipped and counted; some inputs
+    # failed, so the status is 1 (as in vlm caption and caption evaluation), the metrics of the rest printed
     csv = tmp_path / "d.csv"
     first = sorted((shapes_cls / "val" / "red star").iterdir())[0]
-    csv.write_text(f"{first},red star\n{tmp_path}/gone.png,red star\n")
+    csv.write_text(f"{first},red star\n{tmp_path}/gone.png,red star\n{tmp_path}/lost.png,red star\n")
     r = run_vlm("evaluate", "--model", ckpt, "--data", csv)
-    assert r.returncode == 0 and "1 unreadable skipped" in r.stdout
-    assert "gone.png" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "2 unreadable skipped" in r.stdout, r.stderr
+    for name in ("gone.png", "lost.png"):
+        assert f"vlm evaluate: error: {tmp_path}/{name}: no such file or directory\n" in r.stderr, r.stderr
+    assert (f"vlm evaluate: error: --data {csv}: 2 of 3 images could not be read; the metrics cover the other 1"
+            in r.stderr), r.stderr
+    assert len(r.stderr.splitlines()) == 3 and "Traceback" not in r.stderr, r.stderr
+    r = run_vlm("evaluate", "--model", ckpt, "--data", csv, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["classification"]["images"] == 1, r.stderr
     # classes that are not the checkpoint's labels
     other = tmp_path / "other"
     for c in ("cat", "red star"):

@@ -7,6 +7,8 @@ matrix (rows: true class, columns: predicted), over the classes the data holds.
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 
 from vlm.classify.metrics import confusion_matrix, per_class_recall, top_k_accuracy
@@ -14,10 +16,12 @@ from vlm.classify.probe import embed
 
 
 @torch.no_grad()
-def evaluate_classifier(model, preprocess, dataset, batch_size: int = 64, progress=None) -> tuple[dict, torch.Tensor]:
+def evaluate_classifier(model, preprocess, dataset, batch_size: int = 64, progress=None,
+                        on_skip: Optional[Callable[[str, str], None]] = None) -> tuple[dict, torch.Tensor]:
     """``dataset``'s targets must index ``model.labels`` (``LabelledImages.remap``); ``progress``
-    is called with the number of images of each batch once it is done."""
-    feats = embed(model, preprocess, dataset, batch_size, progress=progress)
+    is called with the number of images of each batch once it is done, ``on_skip`` with (path,
+    reason) of each image that could not be read (counted in ``skipped``; else the first few are logged)."""
+    feats = embed(model, preprocess, dataset, batch_size, progress=progress, on_skip=on_skip)
     device = next(model.parameters()).device
     logits = model.head(feats.x.to(device)).float().cpu() if len(feats.y) else torch.empty(0, len(model.labels))
     conf = confusion_matrix(logits.argmax(dim=1), feats.y, len(model.labels)) if len(feats.y) else \

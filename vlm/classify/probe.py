@@ -63,10 +63,12 @@ def _fingerprint(model, preprocess, dataset, model_id: str) -> str:
 
 @torch.no_grad()
 def embed(model, preprocess, dataset, batch_size: int = 64, cache_dir: Optional[os.PathLike] = None,
-          model_id: str = "", progress: Optional[Callable[[int], None]] = None) -> Features:
+          model_id: str = "", progress: Optional[Callable[[int], None]] = None,
+          on_skip: Optional[Callable[[str, str], None]] = None) -> Features:
     """Head inputs of every readable image of ``dataset`` (a ``LabelledImages``), cached.
     ``progress``, if given, is called with the number of images of each batch once it is done
-    (not at all when the features come from the cache)."""
+    (not at all when the features come from the cache); ``on_skip`` with (path, reason) of each
+    image that could not be read (else the first few are logged)."""
     from vlm.images import preprocess as prep
 
     path = None
@@ -77,7 +79,7 @@ def embed(model, preprocess, dataset, batch_size: int = 64, cache_dir: Optional[
             return Features(d["x"], d["y"], int(d["skipped"]), cached=True)
     model.eval()
     device = next(model.parameters()).device
-    xs, ys, skips = [], [], SkipCounter()
+    xs, ys, skips = [], [], SkipCounter(on_skip=on_skip)
     ds = dataset.with_transform(lambda im: prep(im, preprocess))
     ds.skips = skips
     batch, labels, done = [], [], 0

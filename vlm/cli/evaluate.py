@@ -106,13 +106,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             bar.close()
     report = {"model": pipe.name, "data": str(data), **report}
     print(json.dumps(_clean(report)) if args.json else format_report(report, checks))
-    skipped = report.get("skipped_images", 0)
-    if skipped:  # like caption: some inputs failed -> exit 1, the metrics of the rest still printed
-        total = skipped + report.get("num_images", 0)
-        print(f"vlm evaluate: error: --data {args.data}: {skipped} of {total} images could not be read; "
-              f"the metrics cover the other {total - skipped}", file=sys.stderr)
-        return 1
-    return 0
+    return skipped_status(args.data, report.get("skipped_images", 0), report.get("num_images", 0))
+
+
+def skipped_status(data: str, skipped: int, kept: int) -> int:
+    """The exit status once the metrics are printed: like caption, 1 when some images could not be
+    read (each already named on its own line), with a line saying what the metrics cover."""
+    if not skipped:
+        return 0
+    print(f"vlm evaluate: error: --data {data}: {skipped} of {skipped + kept} images could not be read; "
+          f"the metrics cover the other {kept}", file=sys.stderr)
+    return 1
 
 
 def _split_hint(data: Path, split: Optional[str]) -> str:

@@ -34,7 +34,8 @@ def main_classifier(args) -> int:
     if plot and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--plot {plot}: must end in .png, .pdf or .svg")
     from vlm.classify.evaluate import confusion_plot, evaluate_classifier
-    from vlm.cli.common import load_pipeline
+    from vlm.cli.common import Item, Reporter, load_pipeline
+    from vlm.cli.evaluate import skipped_status
     from vlm.progress import progress_bar
 
     pipe = load_pipeline(args)
@@ -42,10 +43,12 @@ def main_classifier(args) -> int:
         data = data.remap(pipe.labels, f"the classifier {pipe.name}")
     except ValueError as e:
         raise UsageError(f"--data {e}") from None
+    reporter = Reporter(args.json, "evaluate", json_errors=False)  # an unreadable image: one line, as in caption
     bar = progress_bar("vlm evaluate", total=len(data), unit="img")
     try:
-        report, conf = evaluate_classifier(pipe.model, pipe.preprocess_cfg, data, args.batch_size,
-                                           progress=bar.update if bar is not None else None)
+        report, conf = evaluate_classifier(
+            pipe.model, pipe.preprocess_cfg, data, args.batch_size, progress=bar.update if bar is not None else None,
+            on_skip=lambda path, why: reporter.error(Item(path, error=f"{path}: {why}")))
     finally:
         if bar is not None:
             bar.close()
@@ -57,11 +60,11 @@ def main_classifier(args) -> int:
     out = {"model": pipe.name, "data": str(args.data), "classification": report}
     if args.json:
         print(json.dumps(out, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
-        return 0
-    print(f"classification ({report['images']} images, {report['classes']} classes, "
-          f"{report['skipped']} unreadable skipped): top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f}")
-    for label, r in report["per_class_recall"].items():
-        print(f"  recall {label}: {r:.4f}")
-    if plot:
-        print(f"confusion matrix: {plot}")
-    return 0
+    else:
+        print(f"classification ({report['images']} images, {report['classes']} classes, "
+              f"{report['skipped']} unreadable skipped): top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f}")
+        for label, r in report["per_class_recall"].items():
+            print(f"  recall {label}: {r:.4f}")
+        if plot:
+            print(f"confusion matrix: {plot}")
+    return skipped_status(args.data, report["skipped"], report["images"])
