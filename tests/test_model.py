@@ -133,8 +133,33 @@ def test_generation_modes_and_lengths():
     assert s1 == s2
     topk1 = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, top_k=1, seed=3))
     assert topk1 == greedy  # top-1 sampling is greedy
-    rep = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, min_tokens=6, repetition_penalty=1e9))
-    assert all(len(set(s)) == len(s) for s in rep)  # an enormous penalty forbids any repeat
+    rep = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, min_tokens=6, repetition_penalty=100))
+    assert all(len(set(s)) == len(s) for s in rep)  # the largest penalty allowed forbids any repeat
+
+
+def test_decoding_arithmetic_stays_finite_past_the_bounds():
+    """The sampler, the repetition penalty and the length penalty give finite numbers for any
+    value, even ones ``GenerationConfig.validate`` refuses (these used to give nan or overflow)."""
+    from vlm.generation import _normalised, _process, _sample
+
+    logits = torch.tensor([[2.0, 5.0, -1.0, 5.0, float("-inf")], [0.5, -3.0, 40.0, 1.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    for t in (1e-300, 1e-45, 0.01, 1.0, 100.0, 1e308):
+        for kw in (dict(top_p=0.9), dict(top_k=2), dict(top_k=5, top_p=1.0)):
+            picks = _sample(logits.clone(), GenerationConfig(temperature=t, **kw), g)
+            assert picks[0] in (0, 1, 2, 3) and 0 <= picks[1] <= 4, (t, kw)
+        if t <= 0.01:  # all but greedy: the best token (or one of two tied best)
+            assert _sample(logits.clone(), GenerationConfig(temperature=t, top_k=5), g)[1] == 2
+    seen = torch.tensor([[1, 2], [2, 3]])
+    for p in (1e-300, 0.01, 100.0, 1e308):
+        out = _process(logits.clone(), seen, 5, GenerationConfig(repetition_penalty=p), eot_id=4)
+        assert not out.isnan().any() and not (out == float("inf")).any(), p
+        assert not out.log_softmax(-1)[:, :4].isnan().any()
+    for alpha in (-1e308, -10.0, 0.0, 1.0, 10.0, 1e308):
+        for length in (1, 2, 1024):
+            v = _normalised(-3.5, length, alpha)
+            assert v < 0 and v == v and v != float("-inf"), (alpha, length, v)
+    assert _normalised(-3.0, 4, 1.0) == -0.75 and _normalised(-3.0, 4, 0.0) == -3.0
 
 
 def test_beam_search_scores_at_least_greedy():

@@ -14,6 +14,7 @@ imported without torch); ``vlm caption``'s flags are derived from its fields.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -51,14 +52,23 @@ def _process(logits: Tensor, generated: Tensor, step: int, cfg: GenerationConfig
     if cfg.repetition_penalty != 1.0 and generated.shape[1]:
         seen = logits.gather(1, generated)
         seen = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
-        logits = logits.scatter(1, generated, seen)
+        big = torch.finfo(seen.dtype).max  # finite stays finite: an inf logit would make softmax nan
+        logits = logits.scatter(1, generated, seen.clamp(-big, big))
     if step < cfg.min_tokens:
         logits[:, eot_id] = float("-inf")
     return block_repeated_ngrams(logits, generated, cfg.no_repeat_ngram)
 
 
+def _tempered(logits: Tensor, temperature: float) -> Tensor:
+    """(N, V) logits / temperature, shifted so each row's best is 0: the result is never nan
+    and only refused tokens are -inf, whatever the temperature (the scale stays inside float)."""
+    finfo = torch.finfo(logits.dtype)
+    scale = min(max(1.0 / temperature, finfo.tiny), finfo.max)  # 1/T as a finite, non-zero float
+    return (logits - logits.amax(-1, keepdim=True)) * scale  # (N, V) <= 0
+
+
 def _sample(logits: Tensor, cfg: GenerationConfig, generator: Optional[torch.Generator]) -> Tensor:
-    logits = logits / cfg.temperature
+    logits = _tempered(logits, cfg.temperature)
     if cfg.top_k is not None:
         kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -69,6 +79,14 @@ def _sample(logits: Tensor, cfg: GenerationConfig, generator: Optional[torch.Gen
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def _normalised(score: float, length: int, length_penalty: float) -> float:
+    """A beam's score / length ** length_penalty (GNMT), ``length`` >= 1. Inside the penalty's bounds
+    (``LENGTH_PENALTY_LIMIT``) the divisor lies within 1e+-31; the exponent is capped anyway, so no
+    value can overflow a float (``x ** 1e308`` raises OverflowError)."""
+    cap = 690.0 / math.log(length) if length > 1 else math.inf  # length ** cap is e**690, about 1e300
+    return score / float(length) ** min(max(length_penalty, -cap), cap)
 
 
 def _strip(seq: list[int], eot_id: int, pad_id: int) -> list[int]:
@@ -179,7 +197,7 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
                 if tok == eot_id:
                     if rank < K:
                         seq = ids[src, 1:].tolist() + [tok]
-                        hyps[b].append((s / len(seq) ** cfg.length_penalty, seq))
+                        hyps[b].append((_normalised(s, len(seq), cfg.length_penalty), seq))
                     continue
                 new_src.append(src), new_tok.append(tok), new_score.append(s)
                 chosen += 1
@@ -190,9 +208,9 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
             if chosen == 0:  # only degenerate continuations: the best running beam ends here
                 k = int(scores[b].argmax())
                 seq = ids[b * K + k, 1:].tolist() + [eot_id]
-                hyps[b].append((scores[b, k].item() / len(seq) ** cfg.length_penalty, seq))
+                hyps[b].append((_normalised(scores[b, k].item(), len(seq), cfg.length_penalty), seq))
             hyps[b] = sorted(hyps[b], key=lambda h: -h[0])[:K]
-            best_running = max(new_score[-K:]) / (step + 1) ** cfg.length_penalty
+            best_running = _normalised(max(new_score[-K:]), step + 1, cfg.length_penalty)
             done[b] = chosen == 0 or (len(hyps[b]) >= K and hyps[b][-1][0] >= best_running)
         index = torch.tensor(new_src, device=dev)
         ids = torch.cat([ids.index_select(0, index), torch.tensor(new_tok, device=dev)[:, None]], dim=1)
@@ -208,7 +226,7 @@ def _beam_search(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: 
             for k in range(K):
                 seq = ids[b * K + k, 1:].tolist()
                 if scores[b, k] > float("-inf"):
-                    hyps[b].append((scores[b, k].item() / len(seq) ** cfg.length_penalty, seq))
+                    hyps[b].append((_normalised(scores[b, k].item(), len(seq), cfg.length_penalty), seq))
         best = max(hyps[b], key=lambda h: h[0])[1]
         results.append(_strip(best, eot_id, pad_id))
     return results

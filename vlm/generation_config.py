@@ -17,6 +17,11 @@ from vlm.errors import InvalidOption
 
 MAX_TOKENS_LIMIT = 1024  # longest caption anyone may ask for; a model's own context is usually shorter
 MAX_BEAMS = 64  # beam search keeps beams x batch rows (and their caches) at every step
+# Past these bounds a value only says "greedy", "uniform" or "never/always repeat" with more digits, and
+# the arithmetic starts to overflow (logits / 1e-300 is inf): such values are refused, not clamped.
+TEMPERATURE_RANGE = (0.01, 100)  # logits are divided by it: x100 already makes sampling all but greedy
+PENALTY_RANGE = (0.01, 100)  # a seen token's logit is divided (or, if negative, multiplied) by it
+LENGTH_PENALTY_LIMIT = 10  # |exponent|: 1024 ** 10 is about 1e30, far inside a float
 
 
 def _option(default, help: str, **limits):
@@ -39,11 +44,13 @@ class GenerationConfig:
     top_p: Optional[float] = _option(None, "nucleus sampling: keep the smallest set of tokens with this "
                                      "probability mass", low=0.0, high=1.0, open_low=True)
     top_k: Optional[int] = _option(None, "sample from the K most likely tokens", low=1)
-    temperature: float = _option(1.0, "sampling temperature", low=0.0, open_low=True)
-    repetition_penalty: float = _option(1.0, "> 1 discourages tokens already generated (CTRL); 1 is off",
-                                        low=0.0, open_low=True)
+    temperature: float = _option(1.0, "sampling temperature (0.01: all but greedy; 100: all but uniform)",
+                                 low=TEMPERATURE_RANGE[0], high=TEMPERATURE_RANGE[1])
+    repetition_penalty: float = _option(1.0, "> 1 discourages tokens already generated, < 1 favours them "
+                                        "(CTRL); 1 is off", low=PENALTY_RANGE[0], high=PENALTY_RANGE[1])
     length_penalty: float = _option(1.0, "beam scores are logprob / length ** this (0: no length "
-                                    "normalisation)")
+                                    "normalisation; < 0 favours short captions)",
+                                    low=-LENGTH_PENALTY_LIMIT, high=LENGTH_PENALTY_LIMIT)
     seed: Optional[int] = _option(None, "sampling seed, for reproducible samples", low=0, high=2**63 - 1)
     no_repeat_ngram: int = _option(0, "> 0: a token may not repeat an n-gram of this many tokens "
                                    "(vlm.decoding_guards; 0 is off)", low=0, high=MAX_TOKENS_LIMIT)
