@@ -82,15 +82,15 @@ def test_on_error_return_keeps_good_results_and_reports_bad_ones(pipe, sample_im
 
 
 @pytest.mark.parametrize("options, words", [
-    (dict(repetition_penalty=0.0), "repetition_penalty=0.0: must be at least 0.01"),
-    (dict(repetition_penalty=-1.0), "repetition_penalty=-1.0: must be at least 0.01"),
+    (dict(repetition_penalty=0.0), "repetition_penalty=0.0: must be at least 0.1"),
+    (dict(repetition_penalty=-1.0), "repetition_penalty=-1.0: must be at least 0.1"),
     (dict(temperature=math.inf), "temperature=inf: must be a finite number"),
     (dict(temperature=math.nan), "temperature=nan: must be a finite number"),
     (dict(temperature=0.0), "temperature=0.0: must be at least 0.01"),
     (dict(top_p=0.9, temperature=1e-300), "temperature=1e-300: must be at least 0.01"),
     (dict(top_k=5, temperature=1e308), "temperature=1e[+]308: must be at most 100"),
-    (dict(top_p=0.9, repetition_penalty=1e-300), "repetition_penalty=1e-300: must be at least 0.01"),
-    (dict(repetition_penalty=101.0), "repetition_penalty=101.0: must be at most 100"),
+    (dict(top_p=0.9, repetition_penalty=1e-300), "repetition_penalty=1e-300: must be at least 0.1"),
+    (dict(repetition_penalty=10.5), "repetition_penalty=10.5: must be at most 10"),
     (dict(beams=3, length_penalty=1e308), "length_penalty=1e[+]308: must be at most 10"),
     (dict(beams=3, length_penalty=-10.5), "length_penalty=-10.5: must be at least -10"),
     (dict(top_p=0.0), "top_p=0.0: must be greater than 0"),

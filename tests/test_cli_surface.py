@@ -55,15 +55,15 @@ def test_caption_flags_are_derived_from_generation_config():
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--repetition-penalty", "0"], "--repetition-penalty 0.0: must be at least 0.01"),
-    (["--repetition-penalty", "-1"], "--repetition-penalty -1.0: must be at least 0.01"),
+    (["--repetition-penalty", "0"], "--repetition-penalty 0.0: must be at least 0.1"),
+    (["--repetition-penalty", "-1"], "--repetition-penalty -1.0: must be at least 0.1"),
     (["--temperature", "inf"], "--temperature inf: must be a finite number"),
     (["--temperature", "nan", "--top-k", "3"], "--temperature nan: must be a finite number"),
     # finite but past any use: they used to end in nan probabilities or an OverflowError
     (["--top-p", "0.9", "--temperature", "1e-300"], "--temperature 1e-300: must be at least 0.01"),
     (["--top-k", "5", "--temperature", "1e308"], "--temperature 1e+308: must be at most 100"),
-    (["--top-p", "0.9", "--repetition-penalty", "1e-300"], "--repetition-penalty 1e-300: must be at least 0.01"),
-    (["--repetition-penalty", "1e9"], "--repetition-penalty 1000000000.0: must be at most 100"),
+    (["--top-p", "0.9", "--repetition-penalty", "1e-300"], "--repetition-penalty 1e-300: must be at least 0.1"),
+    (["--repetition-penalty", "1e9"], "--repetition-penalty 1000000000.0: must be at most 10"),
     (["--beams", "3", "--length-penalty", "1e308"], "--length-penalty 1e+308: must be at most 10"),
     (["--beams", "3", "--length-penalty", "-11"], "--length-penalty -11.0: must be at least -10"),
     (["--top-p", "1.5"], "--top-p 1.5: must be at most 1"),
@@ -86,7 +86,7 @@ def test_help_states_the_limits():
     out = run_vlm("caption", "--help").stdout
     for words in ("at most 8192", "1..4096", "1..64", "1..1024", "must fit in", "memory",
                   "--temperature X sampling temperature (0.01: all but greedy; 100: all but uniform) (0.01..100;",
-                  "them (CTRL); 1 is off (0.01..100;", "(-10..10; default 1.0)"):
+                  "them (CTRL); 1 is off (0.1..10;", "(-10..10; default 1.0)"):
         assert words in " ".join(out.split()), words
 
 

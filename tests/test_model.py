@@ -133,7 +133,7 @@ def test_generation_modes_and_lengths():
     assert s1 == s2
     topk1 = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, top_k=1, seed=3))
     assert topk1 == greedy  # top-1 sampling is greedy
-    rep = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, min_tokens=6, repetition_penalty=100))
+    rep = generate(model, images, SpecialTokens(1, eot, 0), GenerationConfig(max_tokens=6, min_tokens=6, repetition_penalty=10))
     assert all(len(set(s)) == len(s) for s in rep)  # the largest penalty allowed forbids any repeat
 
 

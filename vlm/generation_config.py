@@ -17,10 +17,10 @@ from vlm.errors import InvalidOption
 
 MAX_TOKENS_LIMIT = 1024  # longest caption anyone may ask for; a model's own context is usually shorter
 MAX_BEAMS = 64  # beam search keeps beams x batch rows (and their caches) at every step
-# Past these bounds a value only says "greedy", "uniform" or "never/always repeat" with more digits, and
-# the arithmetic starts to overflow (logits / 1e-300 is inf): such values are refused, not clamped.
+# Past these bounds a value only says "greedy", "uniform" or "never/always repeat" with more digits: it is
+# refused, not clamped. (Decoding's arithmetic stays finite for any value anyway: vlm.generation.)
 TEMPERATURE_RANGE = (0.01, 100)  # logits are divided by it: x100 already makes sampling all but greedy
-PENALTY_RANGE = (0.01, 100)  # a seen token's logit is divided (or, if negative, multiplied) by it
+PENALTY_RANGE = (0.1, 10)  # a seen token's logit is divided (if negative, multiplied) by it: 10x either way
 LENGTH_PENALTY_LIMIT = 10  # |exponent|: 1024 ** 10 is about 1e30, far inside a float
 
 
