@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import REPO, run_vlm
 
-from vlm.decoding_guards import DegenerationGuard, degenerate_text, ngram_blocked
+from vlm.decoding_guards import DegenerationGuard, dangling_end, degenerate_text, ngram_blocked
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -54,6 +54,93 @@ def default():
     import vlm
 
     return vlm.load()
+
+
+# Captions as people write them (COCO style): no rule may refuse any prefix of these, nor their ending.
+NATURAL = [
+    "a man with a hat and a dog with a ball", "a cat sitting on top of a wooden table.",
+    "two giraffes standing next to each other in a field", "a plate of food with broccoli, rice and meat",
+    "a woman is holding an umbrella in the rain", "there is a dog that is looking up",
+    "a red car, a red truck and a red bus parked on a street", "a bowl of soup on a table next to a cup of coffee",
+    "the sky above the mountains", "a kitchen with a stove, a sink and a refrigerator",
+    "people walking down a busy street in the city", "a close up of a pizza on a plate",
+    "a train traveling down the tracks next to a forest", "a baby elephant and its mother",
+    "a man riding a wave on top of a surfboard", "a group of people standing around a table with food on it",
+    "a cat in front of an on-screen keyboard", "a sign that says stop (in red)", "a dog's bed and its toys",
+]
+
+
+def prefixes(text: str) -> list[str]:
+    """Every prefix of ``text`` that ends a word or a mark: what a guard sees as the caption grows."""
+    return [text[:m.end()] for m in re.finditer(r"[\w']+|[^\w\s]", text)]
+
+
+def never_degenerate(caption: str) -> bool:
+    return not any(degenerate_text(p) for p in prefixes(caption)) and not dangling_end(caption)
+
+
+def test_loops_stutter_and_dangling_words_are_degenerate():
+    for bad in ("a large orange a large orange", "a orange a orange", "star orange star orange",
+                "a red square red star red square red triangle red",  # a content word the fourth time
+                "three shapes on a circle, a,", "and a, circle", "a circle,,", "a an circle", "a large the of red"):
+        assert any(degenerate_text(p) for p in prefixes(bad)), bad
+    for ok in NATURAL + ["a large red square, a large red square and a large red square from left to right",
+                         "a small red star, a small red star and a small red star"]:
+        assert never_degenerate(ok), ok
+    for cut in ("three shapes on a", "three shapes on", "a yellow square,", "a blue square and", "a cat (",
+                "a cat ", "a red star on the"):
+        assert dangling_end(cut), cut
+    assert not dangling_end("") and not dangling_end("a cat.") and not dangling_end("a dog looking up")
+    assert not degenerate_text("in the to")  # "to" may be the start of "top": judged once the word is done
+
+
+def test_the_shapes_generator_never_writes_degenerate_text():
+    from vlm.data.shapes import caption_pool, sample_scene
+
+    rng = np.random.default_rng(0)
+    captions = {c for _ in range(2000) for c in caption_pool(sample_scene(rng))}
+    assert len(captions) > 2000
+    assert [c for c in captions if not never_degenerate(c)] == []
+
+
+def test_a_stopped_caption_is_cut_back_to_a_complete_phrase(default):
+    guard = DegenerationGuard(default.tokenizer)
+    enc = default.tokenizer.encode
+    assert guard.complete(enc("three shapes on a")) == enc("three shapes")
+    assert guard.complete(enc("a yellow square,")) == enc("a yellow square")
+    assert guard.complete(enc("a red star from")) == enc("a red star")  # " f" "ro" "m": never cut to "fro"
+    assert guard.complete(enc("a large orange star")) == enc("a large orange star")
+    assert guard.complete(enc("on a")) == []
+    assert not guard.acceptable(enc("three shapes on a"), default.tokenizer.eot_id)
+    assert guard.acceptable(enc("three shapes"), default.tokenizer.eot_id)
+
+
+def test_captions_cut_by_max_tokens_end_on_a_complete_phrase(default, shapes):
+    caps = default.caption(shapes[:60], max_tokens=4)
+    assert all(never_degenerate(c) and c for c in caps), caps
+    assert len({c for c in caps if c.count(" ") < 3}) >= 1  # some were cut back
+
+
+@pytest.mark.parametrize("cfg", [dict(top_p=0.95, temperature=1.5, seed=3), dict(repetition_penalty=0.5),
+                                 dict(repetition_penalty=0.1), dict(repetition_penalty=0.1, beams=3),
+                                 dict(repetition_penalty=0.1, top_p=0.9, seed=2), dict(top_k=50, temperature=3.0, seed=0),
+                                 dict(top_p=1.0, temperature=100.0, seed=0), dict(top_p=0.9, seed=1, max_tokens=8)])
+def test_sampling_and_penalties_below_one_never_give_degenerate_text(default, photos, cfg):
+    paths = sorted(photos.iterdir()) + sorted((REPO / "examples").glob("*.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        caps = default.caption(paths, **cfg)
+    assert [c for c in caps if not never_degenerate(c)] == [], (cfg, caps)
+
+
+def test_sampling_on_photos_through_the_cli_ends_on_complete_phrases(photos):
+    r = run_vlm("caption", photos / "cat.png", photos / "coffee.png", REPO / "examples" / "orange_star.png",
+                "--top-p", "0.95", "--temperature", "1.5", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    caps = [line.split(": ", 1)[1] if ": " in line else "" for line in r.stdout.splitlines()]
+    assert len(caps) == 3 and all(never_degenerate(c) for c in caps), r.stdout
+    r = run_vlm("caption", REPO / "examples" / "orange_star.png", "--repetition-penalty", "0.1")
+    assert r.returncode == 0 and never_degenerate(r.stdout.split(": ", 1)[1].strip()), r.stdout
 
 
 def test_degenerate_text_rules():

@@ -130,6 +130,8 @@ def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = No
             out = _greedy_or_sample(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens, guard)
     if guard is not None and guard.lexicon is not None:  # stopped mid-word: the unfinished word goes
         out = [guard.lexicon.whole_words(row) for row in out]
+    if guard is not None:  # stopped mid-phrase (by the length limit or a guard): the dangling tail goes
+        out = [guard.complete(row) for row in out]
     return out
 
 
@@ -145,10 +147,12 @@ def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad
     lexicon = guard.lexicon if guard is not None else None
     states = [lexicon.state([])] * B if lexicon is not None else None  # each row's node in the word trie
     for step in range(max_tokens):
-        logits = _process(step_fn(ids if step == 0 else ids[:, -1:]), ids[:, 1:], step, cfg, eot_id)
+        raw = step_fn(ids if step == 0 else ids[:, -1:])  # (B, V)
+        logits = _process(raw, ids[:, 1:], step, cfg, eot_id)
         pick = (lambda lg: _sample(lg, cfg, generator)) if cfg.sampling else (lambda lg: lg.argmax(-1))
         nxt = pick(logits) if guard is None else guard.choose(logits, ids[:, 1:], finished, pick,
-                                                             greedy=not cfg.sampling, states=states)
+                                                             greedy=not cfg.sampling, states=states,
+                                                             model_logits=raw)
         nxt = nxt.masked_fill(finished, pad_id)
         if states is not None:
             states = [lexicon.advance(s, t) for s, t in zip(states, nxt.tolist())]
