@@ -154,6 +154,9 @@ def test_kill_9_of_the_launcher_leaves_no_orphan_and_the_run_resumes(shapes, tmp
         trainers = [p for p in psutil.Process(proc.pid).children(recursive=True)
                     if any("train.py" in a for a in p.cmdline())]
         assert len(trainers) == (2 if "--multi_gpu" in launcher else 1), trainers
+        # Accelerate >= 1.16's one-process launcher repeats the child's stderr through a pipe: with
+        # the launcher gone, the child's line has nowhere to go (it still stops itself, below)
+        to_log = all(os.readlink(f"/proc/{p.pid}/fd/2") == str(log) for p in trainers)
         proc.kill()  # SIGKILL: the launcher can pass nothing on
         proc.wait(timeout=30)
         gone, alive = psutil.wait_procs(trainers, timeout=20)
@@ -166,7 +169,9 @@ def test_kill_9_of_the_launcher_leaves_no_orphan_and_the_run_resumes(shapes, tmp
                 p.kill()
     assert not (out / "model").exists()  # stopped before the end
     text = log.read_text()
-    assert "the launcher (pid" in text and "Traceback" not in text, text[-3000:]  # they stopped themselves
+    assert "Traceback" not in text, text[-3000:]
+    if to_log or "--multi_gpu" in launcher:  # torchrun's children write to the file themselves
+        assert "the launcher (pid" in text, text[-3000:]  # they stopped themselves
     r = subprocess.run(cmd + ["resume=latest"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "finished at step 60" in r.stdout, r.stdout[-2000:]

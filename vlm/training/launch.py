@@ -130,19 +130,56 @@ def _wait_for_children(timeout: float = 60.0) -> None:
     psutil.wait_procs(psutil.Process().children(recursive=True), timeout=timeout)
 
 
+def simple_launcher(args) -> None:
+    """One process: Accelerate's own command and environment, the child's stdio inherited.
+
+    Accelerate's simple launcher (1.16) reads the child's stderr through a pipe to repeat it: a
+    child whose launcher died then has nowhere to say why it stops, and on Ctrl-C the launcher
+    terminates the child before the child's own line is out. Here the child writes where this
+    process writes, and Ctrl-C (which reaches the child too) waits for it.
+    """
+    import subprocess
+
+    from accelerate.utils import prepare_simple_launcher_cmd_env
+
+    cmd, env = prepare_simple_launcher_cmd_env(args)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()  # the child got the same SIGINT: its one line, then it exits
+        raise
+    if code != 0:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def _quiet_elastic() -> None:
+    """torchrun's own log lines ("failed (exitcode: 2)", "Received 2 death signal"): the exit
+    status and the children's one line say it. Each of its modules' loggers has its own level,
+    set when the module is imported: the ones torchrun imports late are imported here first."""
+    import torch.distributed.elastic.agent.server.api  # noqa: F401
+    import torch.distributed.elastic.agent.server.local_elastic_agent  # noqa: F401
+    import torch.distributed.launcher.api  # noqa: F401
+
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("torch.distributed.elastic") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+
+
 def run(args) -> int:
     """``launch_command(args)``, its failures mapped to an exit status without a traceback."""
     import subprocess
 
-    from accelerate.commands.launch import launch_command
+    import accelerate.commands.launch as accelerate_launch
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     os.environ["VLM_LAUNCHER_PID"] = str(os.getpid())  # the children watch this process
-    elastic = logging.getLogger("torch.distributed.elastic")
-    elastic.setLevel(logging.CRITICAL)  # its "failed (exitcode: 2)" lines: the status says it, once
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    _quiet_elastic()
+    accelerate_launch.simple_launcher = simple_launcher  # launch_command's one-process path
     try:
-        launch_command(args)
+        accelerate_launch.launch_command(args)
     except subprocess.CalledProcessError as e:  # the simple launcher (one process)
         return exit_status(e.returncode)
     except ChildFailedError as e:  # torchrun: the first process that failed
@@ -155,6 +192,9 @@ def run(args) -> int:
     except KeyboardInterrupt:  # Ctrl-C reached the children too; let them finish their one line
         _wait_for_children()
         return 130
+    except SystemExit as e:  # Accelerate >= 1.16 exits 128+N itself on a signal, its children stopped
+        _wait_for_children()
+        return e.code if isinstance(e.code, int) else 1
     except ValueError as e:  # Accelerate's own checks of the option combination
         raise UsageError(f"accelerate launch options: {e}") from None
     return 0
