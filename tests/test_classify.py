@@ -139,7 +139,8 @@ def test_zero_shot_head_step0_accuracy_equals_classify(shapes_cls):
     zs = pipe.classify(val.sources, val.classes, templates=templates, top_k=1)
     zs_acc = sum(top[0][0] == val.classes[t] for top, t in zip(zs, val.targets)) / len(val)
     assert report["top1"] == pytest.approx(zs_acc, abs=1e-6) and zs_acc > 0.5
-    probs = model(pipe.images_to_tensor(val.sources[:4])).logits.softmax(-1)
+    with torch.no_grad():
+        probs = model(pipe.images_to_tensor(val.sources[:4])).logits.softmax(-1)
     for row, top in zip(probs, pipe.classify(val.sources[:4], val.classes, templates=templates, top_k=4)):
         assert {lb: p for lb, p in top} == pytest.approx({lb: float(row[i]) for i, lb in enumerate(val.classes)},
                                                          abs=1e-5)
