@@ -4,7 +4,7 @@ For each load (``--busy 0 2``: no competing process, then two), under the same l
 
 - start-up: the whole ``vlm caption ONE.png`` process against ``python -c "import torch"``,
   interleaved, medians (``scripts/benchmark_startup.py``'s measurement; OpenMP variables are
-  removed from the environment, so vlm chooses its own thread settings, ``vlm/threads.py``);
+  removed from the environment, so vlm chooses its own thread settings, ``vlm/runtime/threads.py``);
 - greedy captioning of 8 images x 30 tokens with coca_ViT-B-32 against open_clip's
   ``CoCa.generate`` on the same weights (``scripts/benchmark_generate.py --skip beam train``,
   ``--threads auto``: the thread count the vlm CLI would choose, for both sides).

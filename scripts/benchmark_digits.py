@@ -50,7 +50,7 @@ def finetune(out: Path, steps: int, threads: int) -> dict:
     from vlm.classify.checkpoint import load_classifier
     from vlm.classify.data import open_labelled
     from vlm.classify.evaluate import evaluate_classifier
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
     from vlm.training import load_train_config, train
 
     run = out / "finetune"

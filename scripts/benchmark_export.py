@@ -7,7 +7,7 @@ Models: the shipped default model, and coca_ViT-B-32 at full size with random no
 - image embedding, images/s: a batch of B images through ``model.encode_image`` (torch) and through
   ``image_encoder.onnx`` (onnxruntime), interleaved (torch, ort, torch, ort, ...) so machine noise hits
   both sides alike; medians reported;
-- greedy captioning, s per batch: ``vlm.generation.generate`` against ``OnnxModel.greedy`` (image
+- greedy captioning, s per batch: ``vlm.generation.decode.generate`` against ``OnnxModel.greedy`` (image
   encoder + image keys/values + cached steps), same images, same number of tokens.
 
 Both sides get the same thread count (``--threads``). Figures go to BENCHMARKS.md.
@@ -43,7 +43,8 @@ def bench(name: str, pipe, args) -> dict:
 
     from vlm.export import export
     from vlm.export.onnx_runtime import OnnxModel
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation.config import GenerationConfig
+    from vlm.generation.decode import generate
 
     model, tok = pipe.model, pipe.tokenizer
     S = model.cfg.vision.image_size
@@ -98,8 +99,8 @@ def main(argv=None) -> int:
     import vlm
     from vlm.api import Pipeline
     from parity_weights import randomize_
-    from vlm.images import PreprocessConfig
-    from vlm.model import create_model
+    from vlm.io.images import PreprocessConfig
+    from vlm.model.coca import create_model
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
     torch.set_num_threads(args.threads)

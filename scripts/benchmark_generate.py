@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="timed greedy and training repetitions per side")
     p.add_argument("--beam-reps", type=int, default=3, help="timed beam-search repetitions per side")
     p.add_argument("--threads", default="2", help="torch threads on each side, or 'auto': what the vlm CLI "
-                   "chooses for the machine as it is (vlm/threads.py)")
+                   "chooses for the machine as it is (vlm/runtime/threads.py)")
     p.add_argument("--busy", type=int, default=0, help="run beside this many `python -c 'while 1: pass'` processes")
     p.add_argument("--skip", nargs="*", default=[], choices=["greedy", "beam", "train"])
     p.add_argument("--json-out", default=None)
@@ -177,14 +177,15 @@ def main(argv=None) -> int:
 
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
     from parity_weights import randomize_
-    from vlm.generation import GenerationConfig, generate
-    from vlm.losses import CoCaLoss
+    from vlm.generation.config import GenerationConfig
+    from vlm.generation.decode import generate
+    from vlm.training.losses import CoCaLoss
 
     busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
     time.sleep(1.0 if busy else 0.0)
     load_start = os.getloadavg()[0]
     if args.threads == "auto":
-        from vlm.threads import choose, usable_cpus
+        from vlm.runtime.threads import choose, usable_cpus
 
         args.threads = choose(usable_cpus(), load_start)
     args.threads = int(args.threads)
@@ -250,8 +251,8 @@ def memory_floor(model, images, tokens: int, reps: int) -> dict:
     """
     import torch
 
-    from vlm.generation import _Stepper
-    from vlm.packed_linear import packed_linears
+    from vlm.generation.decode import _Stepper
+    from vlm.model.packed_linear import packed_linears
 
     sot = torch.full((images.shape[0], 1), SOT, dtype=torch.long)
     enc, read = [], []
@@ -281,8 +282,8 @@ def run(args, model, images, train_images, train_text, w, generate, GenerationCo
 
     import torch
 
-    from vlm.generation import SpecialTokens
-    from vlm.packed_linear import clear_cache
+    from vlm.generation.config import SpecialTokens
+    from vlm.model.packed_linear import clear_cache
 
     res: dict = {"arch": args.arch, "batch": args.batch, "tokens": args.tokens, "reps": args.reps,
                  "beam_reps": args.beam_reps}

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     from vlm.api import Pipeline
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
     from vlm.index.sources import gather
     from vlm.index.store import committed_shards
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer

@@ -1,7 +1,7 @@
 """The cost of the word list while decoding: the default model's captions with and without it.
 
 Greedy, beam search and top-p sampling of one batch of shapes scenes (``vlm data shapes``
-images, or any images given), each timed with the checkpoint's word list (``vlm.lexicon``) and
+images, or any images given), each timed with the checkpoint's word list (``vlm.generation.lexicon``) and
 without it (the decoding guards on in both), interleaved (ABBA, after a warm-up) so machine noise hits both alike;
 medians of wall and CPU time (``time.process_time``, less hit by other
 processes on a shared machine) are printed. The captions with the list are checked equal to those without it.
@@ -28,7 +28,8 @@ def main() -> None:
     import torch
 
     import vlm
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation.config import GenerationConfig
+    from vlm.generation.decode import generate
 
     torch.set_num_threads(args.threads)
     pipe = vlm.load(device="cpu")

@@ -10,7 +10,7 @@ the machine is noisy.
 ``--busy N`` starts N ``python -c "while 1: pass"`` processes for the measurement (the CPU-bound
 neighbours of a shared machine) and stops them after; several values run one after the other.
 OpenMP variables are removed from the commands' environment, so vlm chooses its own thread
-settings (vlm/threads.py) as a user's shell would leave it to.
+settings (vlm/runtime/threads.py) as a user's shell would leave it to.
 """
 
 from __future__ import annotations

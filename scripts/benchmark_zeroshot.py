@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from vlm.api import Pipeline
     from vlm.classify.zeroshot import class_embeddings
     from vlm.convert.open_clip import arch_config, from_open_clip_model
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
     torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""Calibrate the out-of-distribution check (vlm/ood.py) of a checkpoint trained on shapes scenes.
+"""Calibrate the out-of-distribution check (vlm/trust/ood.py) of a checkpoint trained on shapes scenes.
 
 Fits a Gaussian to the model's image features (mean over the tokens of the last ViT block) on
 ``--fit`` scenes that ``vlm data shapes`` makes with one seed, measures the Mahalanobis distances
@@ -19,7 +19,7 @@ import torch
 
 
 def features(pipe, paths: list[Path]) -> torch.Tensor:
-    from vlm.ood import OODCheck
+    from vlm.trust.ood import OODCheck
 
     out = [OODCheck.features(pipe.model, pipe.images_to_tensor(paths[i:i + 256])) for i in range(0, len(paths), 256)]
     return torch.cat(out).double()  # (N, D)
@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     import vlm
     from safetensors.torch import save_file
 
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     pipe = vlm.load(args.model)
     size = pipe.model.cfg.vision.image_size

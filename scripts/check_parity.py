@@ -53,7 +53,8 @@ def open_clip_parity(arch: str, full: bool, quick: bool = False) -> dict:
 
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
     from parity_weights import randomize_, shrink_open_clip_cfg
-    from vlm.generation import GenerationConfig, SpecialTokens, generate
+    from vlm.generation.config import GenerationConfig, SpecialTokens
+    from vlm.generation.decode import generate
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
     cfg = open_clip.get_model_config(arch) if full else shrink_open_clip_cfg(open_clip.get_model_config(arch))
@@ -117,7 +118,7 @@ def preprocessing_parity() -> dict:
     import transformers
     from PIL import Image
 
-    from vlm.images import PreprocessConfig, preprocess
+    from vlm.io.images import PreprocessConfig, preprocess
 
     sizes = [(300, 200), (224, 224), (97, 401), (641, 480), (67, 64), (225, 224)]
     images = [Image.effect_noise(s, 60).convert("RGB") for s in sizes]

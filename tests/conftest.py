@@ -62,8 +62,8 @@ def perturb(model, scale: float = 0.5, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A saved tiny CoCa with the CLIP BPE tokenizer (random weights)."""
-    from vlm.checkpoint import save_pretrained
-    from vlm.model import create_model
+    from vlm.io.checkpoint import save_pretrained
+    from vlm.model.coca import create_model
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
     torch.manual_seed(0)

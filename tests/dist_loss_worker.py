@@ -18,7 +18,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from vlm.losses import contrastive_loss
+from vlm.training.losses import contrastive_loss
 
 
 def main(out_path: str, uneven: bool = False) -> None:

@@ -19,7 +19,7 @@ from PIL import Image
 
 import vlm
 from vlm.errors import ImageLoadError, InvalidOption, UsageError, first_line
-from vlm.generation_config import GenerationConfig
+from vlm.generation.config import GenerationConfig
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_templates_need_exactly_one_plain_placeholder(pipe, template, words):
 
 
 def test_memory_limits_refuse_what_cannot_fit(pipe, tiny_checkpoint):
-    from vlm.limits import MAX_IMAGE_SIZE, check_fits, inference_bytes
+    from vlm.runtime.limits import MAX_IMAGE_SIZE, check_fits, inference_bytes
 
     cfg = pipe.model.cfg
     with pytest.raises(InvalidOption, match=f"image_size=64000: must be at most {MAX_IMAGE_SIZE}"):
@@ -251,7 +251,7 @@ def classifier_pipe(tmp_path_factory):
     """A saved tiny supervised classifier, loaded through vlm.load (a ClassifierPipeline)."""
     from vlm.classify.checkpoint import save_classifier
     from vlm.classify.model import ClassifierConfig, ImageClassifier
-    from vlm.config import VisionConfig
+    from vlm.model.config import VisionConfig
 
     torch.manual_seed(0)
     vision = VisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2)

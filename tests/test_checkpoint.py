@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from vlm.checkpoint import load_pretrained, save_pretrained
+from vlm.io.checkpoint import load_pretrained, save_pretrained
 from vlm.errors import CheckpointError
-from vlm.model import create_model
+from vlm.model.coca import create_model
 
 from conftest import perturb
 

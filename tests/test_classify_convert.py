@@ -69,7 +69,7 @@ def test_timm_vit_b16_logits_top5_preprocessing_labels(timm_dir):
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
     from vlm.convert.timm import convert_timm_dir
-    from vlm.images import PreprocessConfig, preprocess_batch
+    from vlm.io.images import PreprocessConfig, preprocess_batch
 
     ref, path = timm_dir
     ours = convert_timm_dir(path)
@@ -92,7 +92,7 @@ def test_hf_vit_for_image_classification_logits_top5_preprocessing(hf_dir):
     from transformers.models.vit import ViTImageProcessor, ViTImageProcessorPil
 
     from vlm.convert.hf import convert_hf_dir
-    from vlm.images import PreprocessConfig, preprocess_batch
+    from vlm.io.images import PreprocessConfig, preprocess_batch
 
     ref, path = hf_dir
     ours, tokenizer = convert_hf_dir(path)
@@ -112,7 +112,7 @@ def test_hf_vit_for_image_classification_logits_top5_preprocessing(hf_dir):
 
 def test_convert_and_classify_cli_without_labels(timm_tiny_dir, tmp_path):
     from vlm.convert.timm import convert_timm_dir
-    from vlm.images import PreprocessConfig, preprocess_batch
+    from vlm.io.images import PreprocessConfig, preprocess_batch
 
     ref, path = timm_tiny_dir
     img = tmp_path / "a.png"

@@ -54,7 +54,7 @@ def test_fine_tuning_reaches_accuracy_and_exports_a_classifier(shapes_cls, tmp_p
     from vlm.classify.checkpoint import load_classifier
     from vlm.classify.data import open_labelled
     from vlm.classify.evaluate import evaluate_classifier
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
     from vlm.training import load_train_config, train
 
     # from a zero head (chance: 0.25) and the default model's ViT, 60 steps of batch 32, layer decay 0.75
@@ -140,7 +140,7 @@ def test_two_processes_evaluate_every_image_once(shapes_cls, tmp_path):
     from vlm.classify.checkpoint import load_classifier
     from vlm.classify.data import open_labelled
     from vlm.classify.evaluate import evaluate_classifier
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
 
     # 80 validation images, 12 a batch per process: the last batches are uneven and padded
     r = run_train(data_args(shapes_cls) + [f"output_dir={tmp_path}", "steps=4", "eval_every=4", "save_every=2",

@@ -38,7 +38,7 @@ def test_caption_flags_are_derived_from_generation_config():
     """Every GenerationConfig field is a flag of `vlm caption` with the same default; evaluate and
     explain take their subset with the same defaults (one default, written once)."""
     from vlm.cli import caption, evaluate, explain
-    from vlm.generation_config import GenerationConfig
+    from vlm.generation.config import GenerationConfig
 
     def flags(parser):
         return {a.dest: a for a in parser._actions if a.option_strings}
@@ -203,7 +203,7 @@ def test_similarity_reports_bad_images_through_reporter(tiny_checkpoint, sample_
 
 
 def test_evaluate_exits_1_when_images_are_missing_and_hints_the_coco_split(tiny_checkpoint, tmp_path):
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     data = generate_shapes(tmp_path / "shapes", n=6, seed=3)
     for i in (1, 2, 3):
@@ -234,7 +234,7 @@ def test_data_shapes_uses_the_cli_parser_and_replaces_an_earlier_dataset(tmp_pat
     proc = run_vlm("data", "shapes", "--out", out, "--n", "4", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(1, 5)]
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     fresh = generate_shapes(tmp_path / "fresh", n=4, seed=1)
     for i in range(1, 5):
@@ -256,7 +256,7 @@ def test_data_shapes_rewrite_replaces_the_earlier_dataset_of_either_layout(tmp_p
     """A rewrite leaves exactly the new dataset, whichever layout wrote the old one; a class folder
     holding a file vlm did not write is refused in one line and kept (issue 13 item 18)."""
     from vlm.classify.shapes import generate_class_folders
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     out = tmp_path / "d"
     classes = ["--layout", "classes", "--classes"]

@@ -181,7 +181,7 @@ def test_karpathy_bad_inputs(karpathy_file, coco_dir, tmp_path):
 
 def test_open_caption_dir_single_layout_has_no_splits(tmp_path):
     from vlm.data.layout import open_caption_dir
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     data = generate_shapes(tmp_path / "shapes", 3, seed=2)
     ds = open_caption_dir(data)

@@ -1,4 +1,4 @@
-"""The one config loader (vlm.configio) and the config seams built on it: checkpoint config.json
+"""The one config loader (vlm.io.configio) and the config seams built on it: checkpoint config.json
 errors naming file and key, checkpoint metadata, the tokenizer authority, settings init_from
 cannot apply, image size, and create_model(init=False) without process-global patches."""
 
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from tests.conftest import run_vlm
-from vlm import configio
-from vlm.checkpoint import load_checkpoint, read_config, save_pretrained
-from vlm.config import ModelConfig, PreprocessConfig, check_image_size, get_config
+from vlm.io import configio
+from vlm.io.checkpoint import load_checkpoint, read_config, save_pretrained
+from vlm.model.config import ModelConfig, PreprocessConfig, check_image_size, get_config
 from vlm.errors import CheckpointError
-from vlm.model import create_model
+from vlm.model.coca import create_model
 from vlm.training.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_a_config_file_error_names_the_path_in_python_and_the_flag_on_the_comman
 
 
 def test_generation_config_loads_through_the_same_loader():
-    from vlm.generation import GenerationConfig
+    from vlm.generation.config import GenerationConfig
 
     cfg = configio.from_dict(GenerationConfig, {"max_tokens": 12, "top_p": "0.9", "seed": None}, "gen.yaml")
     assert cfg.max_tokens == 12 and cfg.top_p == 0.9
@@ -228,7 +228,7 @@ def test_micro_export_records_sentencepiece(shapes_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     return generate_shapes(tmp_path_factory.mktemp("shapes") / "s", 24, seed=3)
 
@@ -282,7 +282,7 @@ def test_create_model_without_init_patches_nothing_process_wide():
     inside, release = threading.Event(), threading.Event()
 
     def hold_the_skip_scope_open():
-        from vlm.model import _SkipInit
+        from vlm.model.coca import _SkipInit
 
         with _SkipInit():
             inside.set()

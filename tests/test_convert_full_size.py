@@ -16,7 +16,8 @@ from test_convert_open_clip import EOT, SOT, TOL, _open_clip_greedy, inputs, max
 
 from vlm.convert.open_clip import arch_config, from_open_clip_model  # noqa: E402
 from parity_weights import randomize_  # noqa: E402
-from vlm.generation import GenerationConfig, SpecialTokens, generate  # noqa: E402
+from vlm.generation.config import GenerationConfig, SpecialTokens
+from vlm.generation.decode import generate  # noqa: E402
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import run_vlm  # noqa: E402
 
-from vlm.convert.hf import convert_hf_dir, preprocess_from_hf  # noqa: E402
+from vlm.convert.hf import convert_hf_dir
+from vlm.convert.hf_files import preprocess_from_hf  # noqa: E402
 from parity_weights import randomize_  # noqa: E402
 from vlm.errors import CheckpointError, ModelError  # noqa: E402
 
@@ -101,7 +102,7 @@ def test_preprocessing_follows_the_processor_config(hf_dir):
 
     import vlm
     from vlm.api import Pipeline
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
 
     d, _ = hf_dir
     model, _ = convert_hf_dir(d)

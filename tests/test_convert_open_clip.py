@@ -28,7 +28,8 @@ from vlm.convert.open_clip import (  # noqa: E402
 )
 from parity_weights import randomize_, shrink_open_clip_cfg  # noqa: E402
 from vlm.errors import CheckpointError, ModelError  # noqa: E402
-from vlm.generation import GenerationConfig, SpecialTokens, generate  # noqa: E402
+from vlm.generation.config import GenerationConfig, SpecialTokens
+from vlm.generation.decode import generate  # noqa: E402
 
 SOT, EOT = 49406, 49407
 TOL = 1e-4
@@ -166,7 +167,7 @@ def tiny_files(tmp_path_factory):
 def test_convert_file_roundtrip_matches_open_clip(tiny_files, tmp_path):
     from safetensors.torch import save_file
 
-    from vlm.checkpoint import load_pretrained, save_pretrained
+    from vlm.io.checkpoint import load_pretrained, save_pretrained
 
     path, cfg_json, oc = tiny_files["coca_ViT-B-32"]
     model, tok = convert_file(path, str(cfg_json))
@@ -268,7 +269,7 @@ def test_preprocessing_follows_open_clip_tags(tmp_path):
 
     from vlm.api import Pipeline
     from vlm.convert.open_clip import tag_settings, tags_with_other_preprocessing
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
 
     images = [Image.effect_noise(size, 60).convert("RGB") for size in [(300, 200), (224, 224), (97, 401)]]
     assert "laion2b_s32b_b82k" in tags_with_other_preprocessing("ViT-L-14")  # Inception mean/std

@@ -17,7 +17,7 @@ import pytest
 
 from vlm.data.collate import SkipCounter
 from vlm.data.dataset import CaptionDataset, CaptionReferences
-from vlm.data.shapes import generate_shapes
+from vlm.data.shapes_dir import generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 6  # images; image 2 is deleted

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import REPO, run_vlm
 
-from vlm.decoding_guards import DegenerationGuard, dangling_end, degenerate_text, ngram_blocked
+from vlm.generation.guards import DegenerationGuard, dangling_end, degenerate_text, ngram_blocked
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -43,7 +43,7 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     root = generate_shapes(tmp_path_factory.mktemp("shapes") / "s", 200, seed=4242)
     return sorted((root / "images").iterdir())
@@ -155,7 +155,8 @@ def test_degenerate_text_rules():
 
 
 def test_photos_never_get_degenerate_captions(default, photos):
-    from vlm.generation import GenerationConfig, SpecialTokens, generate
+    from vlm.generation.config import GenerationConfig, SpecialTokens
+    from vlm.generation.decode import generate
 
     paths = sorted(photos.iterdir())
     tok = default.tokenizer
@@ -168,7 +169,8 @@ def test_photos_never_get_degenerate_captions(default, photos):
 
 
 def test_photos_get_only_words_the_default_model_was_trained_on(default, photos):
-    from vlm.generation import GenerationConfig, generate
+    from vlm.generation.config import GenerationConfig
+    from vlm.generation.decode import generate
 
     words = set(default.caption_words)
     paths = sorted(photos.iterdir())
@@ -183,7 +185,8 @@ def test_photos_get_only_words_the_default_model_was_trained_on(default, photos)
 
 
 def test_guards_leave_in_distribution_captions_unchanged(default, shapes):
-    from vlm.generation import GenerationConfig, SpecialTokens, generate
+    from vlm.generation.config import GenerationConfig, SpecialTokens
+    from vlm.generation.decode import generate
 
     tok = default.tokenizer
     assert default.lexicon is not None and default.lexicon.num_words == len(default.caption_words)
@@ -212,8 +215,9 @@ class _AllBad:
 @pytest.mark.parametrize("kw", [dict(), dict(beams=3), dict(top_p=0.9, seed=0)])
 def test_only_degenerate_continuations_end_the_caption(kw):
     from conftest import perturb
-    from vlm.generation import GenerationConfig, SpecialTokens, generate
-    from vlm.model import create_model
+    from vlm.generation.config import GenerationConfig, SpecialTokens
+    from vlm.generation.decode import generate
+    from vlm.model.coca import create_model
 
     torch.manual_seed(0)
     model = perturb(create_model("tiny")).eval()
@@ -223,7 +227,8 @@ def test_only_degenerate_continuations_end_the_caption(kw):
 
 
 def test_no_repeat_ngram_option(default, photos):
-    from vlm.generation import GenerationConfig, SpecialTokens, generate
+    from vlm.generation.config import GenerationConfig, SpecialTokens
+    from vlm.generation.decode import generate
 
     tok = default.tokenizer
     x = default.images_to_tensor([photos / "coffee.png", photos / "cat.png"])
@@ -250,7 +255,7 @@ def test_out_of_distribution_notice_once_on_stderr(photos, shapes, tmp_path):
 
 def test_out_of_distribution_warning_in_the_api(default, photos, shapes):
     import vlm
-    from vlm.ood import OODCheck, OutOfDistributionWarning
+    from vlm.trust.ood import OODCheck, OutOfDistributionWarning
 
     pipe = vlm.load()
     with warnings.catch_warnings(record=True) as caught:

@@ -42,7 +42,7 @@ def test_classify_examples_with_the_default_model():
 
 @pytest.fixture(scope="module")
 def unseen_shapes(tmp_path_factory) -> Path:
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     return generate_shapes(tmp_path_factory.mktemp("unseen") / "shapes", 120, seed=4242)
 

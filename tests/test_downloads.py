@@ -70,7 +70,7 @@ def hf_repo(tmp_path_factory):
 
 
 def test_can_reach_probes_the_endpoints_own_port_and_scheme(monkeypatch):
-    from vlm.convert.remote import can_reach
+    from vlm.convert.hub import can_reach
 
     for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY",
               "https_proxy", "ALL_PROXY", "all_proxy"):

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model dir, shapes dir): a random tiny CoCa with a SentencePiece vocabulary."""
-    from vlm.checkpoint import save_pretrained
-    from vlm.config import get_config
-    from vlm.data.shapes import generate_shapes
-    from vlm.model import create_model
+    from vlm.io.checkpoint import save_pretrained
+    from vlm.model.config import get_config
+    from vlm.data.shapes_dir import generate_shapes
+    from vlm.model.coca import create_model
     from vlm.tokenizers import train_sentencepiece
 
     base = tmp_path_factory.mktemp("eval")
@@ -148,7 +148,7 @@ class KnownPipeline:
     def __init__(self):
         import torch
 
-        from vlm.images import PreprocessConfig, preprocess_batch
+        from vlm.io.images import PreprocessConfig, preprocess_batch
         from PIL import Image
 
         self.preprocess_cfg = PreprocessConfig(image_size=16)
@@ -183,7 +183,7 @@ def test_evaluate_model_wires_retrieval_zero_shot_and_references(known, monkeypa
     from vlm.evaluation.evaluate import evaluate_model
 
     pipe = KnownPipeline()
-    monkeypatch.setattr("vlm.generation.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a: model.color_of(x)[:, None])
     report = evaluate_model(pipe, known, batch_size=4, spice=False, meteor=False)
     assert report["num_images"] == 6 and report["skipped_images"] == 1
     r = report["retrieval"]
@@ -201,7 +201,7 @@ def test_zero_shot_without_templates_or_labelled_images(known, monkeypatch):
     not evaluated: zero-shot is skipped with a note, not silently."""
     from vlm.evaluation.evaluate import evaluate_model
 
-    monkeypatch.setattr("vlm.generation.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a: model.color_of(x)[:, None])
     classes = json.loads((known / "classes.json").read_text())
     (known / "classes.json").write_text(json.dumps({"classes": classes["classes"], "labels": classes["labels"]}))
     pipe = KnownPipeline()
@@ -219,7 +219,7 @@ def test_shapes_check_is_a_metric_the_caller_opts_into(known, tiny, monkeypatch)
     from vlm.evaluation.evaluate import evaluate_model, format_report
     from vlm.evaluation.shapes_check import ShapesAttributeCheck, shapes_checks
 
-    monkeypatch.setattr("vlm.generation.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a: model.color_of(x)[:, None])
     plain = evaluate_model(KnownPipeline(), known, spice=False, meteor=False)
     assert not any(k.startswith("shapes") for k in plain) and "shapes" not in format_report(plain)
     assert shapes_checks(known) == [] and len(shapes_checks(tiny[1])) == 1

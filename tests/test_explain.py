@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import perturb, run_vlm
-from vlm.config import get_config
+from vlm.model.config import get_config
 from vlm.explain import (
     attention_probs,
     attention_rollout,
@@ -29,7 +29,7 @@ from vlm.explain import (
     vit_attention,
 )
 from vlm.explain import figures
-from vlm.model import create_model
+from vlm.model.coca import create_model
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +378,7 @@ def test_cli_explain_bad_input_is_one_line(tmp_path, tiny_checkpoint, sample_ima
 
 
 def test_cli_explain_text_on_a_model_without_decoder(tmp_path, sample_images, capsys):
-    from vlm.checkpoint import save_pretrained
+    from vlm.io.checkpoint import save_pretrained
     from vlm.cli.main import main
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
@@ -399,7 +399,7 @@ def test_explain_image_errors_name_parameters_and_the_cli_names_flags(tmp_path, 
     """``explain_image`` speaks Python (``text=``, ``out_dir=``); the command line says ``--text``,
     ``--out`` (issue 13 item 2)."""
     import vlm
-    from vlm.checkpoint import save_pretrained
+    from vlm.io.checkpoint import save_pretrained
     from vlm.errors import InvalidOption
     from vlm.explain.report import explain_image
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
@@ -426,14 +426,14 @@ def test_cli_explain_memory_refusal_names_the_image_size_it_was_given(tiny_check
                                                                       monkeypatch, capsys):
     """explain runs one image: a size that cannot fit is blamed on --image-size, not on a hidden
     --batch-size of 16 (issue 13 item 3)."""
-    import vlm.limits
-    from vlm.checkpoint import read_config
+    import vlm.runtime.limits
+    from vlm.io.checkpoint import read_config
     from vlm.cli.explain import build_parser
     from vlm.cli.main import main
 
     cfg = read_config(tiny_checkpoint)[0]
-    need = vlm.limits.inference_bytes(cfg, 1024, 1)
-    monkeypatch.setattr(vlm.limits, "available_bytes", lambda device=None: need - 1)
+    need = vlm.runtime.limits.inference_bytes(cfg, 1024, 1)
+    monkeypatch.setattr(vlm.runtime.limits, "available_bytes", lambda device=None: need - 1)
     assert main(["explain", str(sample_images["good"]), "--model", str(tiny_checkpoint), "--out",
                  str(tmp_path / "o"), "--image-size", "1024", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()

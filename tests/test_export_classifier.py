@@ -18,9 +18,9 @@ from conftest import run_vlm, shrink  # noqa: E402
 
 from vlm.classify.model import ClassifierConfig, ImageClassifier, classifier_from_backbone  # noqa: E402
 from vlm.classify.pipeline import ClassifierPipeline  # noqa: E402
-from vlm.config import PreprocessSpec, VisionConfig, get_config  # noqa: E402
+from vlm.model.config import PreprocessSpec, VisionConfig, get_config  # noqa: E402
 from vlm.export import ExportRefused, export  # noqa: E402
-from vlm.images import PreprocessConfig  # noqa: E402
+from vlm.io.images import PreprocessConfig  # noqa: E402
 
 TOL = 1e-4
 LABELS = ["tabby cat", "golden retriever", "red fox", "snowy owl", "sports car"]
@@ -101,7 +101,7 @@ def test_classifier_onnx_logits(tmp_path):
 
 
 def test_classifiers_refused_where_the_format_cannot_hold_them(tmp_path):
-    from vlm.model import create_model
+    from vlm.model.coca import create_model
 
     with pytest.raises(ExportRefused, match="tiny-vit: cannot be an open_clip model: a supervised classifier"):
         export(_timm_style(), "open_clip", tmp_path / "a")

@@ -20,7 +20,7 @@ from conftest import run_vlm, shrink  # noqa: E402
 
 import vlm  # noqa: E402
 from vlm.api import Pipeline  # noqa: E402
-from vlm.config import DecoderConfig, get_config  # noqa: E402
+from vlm.model.config import DecoderConfig, get_config  # noqa: E402
 from vlm.export import ExportRefused, export  # noqa: E402
 
 TOL = 1e-4
@@ -30,8 +30,8 @@ LABELS = ["cat", "dog", "red square", "noise"]
 
 def _pipeline(cfg, seed=0):
     from parity_weights import randomize_
-    from vlm.images import PreprocessConfig
-    from vlm.model import create_model
+    from vlm.io.images import PreprocessConfig
+    from vlm.model.coca import create_model
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
     torch.manual_seed(seed)
@@ -158,7 +158,7 @@ def test_models_a_clip_model_cannot_express_are_refused(case, reason, tmp_path):
 
 
 def test_export_hf_cli(tmp_path):
-    from vlm.checkpoint import save_pretrained
+    from vlm.io.checkpoint import save_pretrained
 
     pipe = _pipeline(_clip_cfg(coca=True), seed=2)
     save_pretrained(pipe.model, tmp_path / "ckpt", tokenizer=pipe.tokenizer)

@@ -23,7 +23,8 @@ from conftest import REPO, run_vlm  # noqa: E402
 import vlm  # noqa: E402
 from vlm.export import ExportRefused, export  # noqa: E402
 from vlm.export.onnx_runtime import OnnxModel  # noqa: E402
-from vlm.generation import GenerationConfig, SpecialTokens, generate  # noqa: E402
+from vlm.generation.config import GenerationConfig, SpecialTokens
+from vlm.generation.decode import generate  # noqa: E402
 
 TOL = 1e-4
 EXAMPLES = sorted((REPO / "examples").glob("*.png"))
@@ -36,7 +37,7 @@ def _converted(arch: str, seed: int = 0):
     from vlm.api import Pipeline
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
     from parity_weights import randomize_, shrink_open_clip_cfg
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
     from vlm.tokenizers.clip_bpe import CLIPBPETokenizer
 
     cfg = shrink_open_clip_cfg(open_clip.get_model_config(arch))

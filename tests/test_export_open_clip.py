@@ -24,10 +24,11 @@ from conftest import REPO, run_vlm  # noqa: E402
 from test_convert_open_clip import EOT, SOT, TEXTS, _open_clip_greedy, build, inputs, maxdiff  # noqa: E402
 
 import vlm  # noqa: E402
-from vlm.config import get_config  # noqa: E402
+from vlm.model.config import get_config  # noqa: E402
 from vlm.export import ExportRefused, export  # noqa: E402
 from vlm.export.open_clip import builtin_arch  # noqa: E402
-from vlm.generation import GenerationConfig, SpecialTokens, generate  # noqa: E402
+from vlm.generation.config import GenerationConfig, SpecialTokens
+from vlm.generation.decode import generate  # noqa: E402
 from vlm.tokenizers.clip_bpe import CLIPBPETokenizer  # noqa: E402
 
 TOL = 1e-4
@@ -87,7 +88,7 @@ def test_create_model_with_pretrained_file(tmp_path):
 
 def _tiny_coca(**changes):
     from parity_weights import randomize_
-    from vlm.model import create_model
+    from vlm.model.coca import create_model
 
     cfg = get_config("tiny")
     cfg.text.cls_mask = "legacy"
@@ -120,7 +121,7 @@ def test_models_open_clip_cannot_express_are_refused(case, reason, tmp_path):
 
 
 def test_export_open_clip_cli(tmp_path):
-    from vlm.checkpoint import save_pretrained
+    from vlm.io.checkpoint import save_pretrained
 
     _, model, _ = build("coca_ViT-B-32", seed=8)
     save_pretrained(model, tmp_path / "ckpt", tokenizer=CLIPBPETokenizer(context_length=model.cfg.text.context_length))

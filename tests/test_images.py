@@ -1,4 +1,4 @@
-"""Tests for vlm.images: loading every format/mode, error messages, preprocessing parity."""
+"""Tests for vlm.io.images: loading every format/mode, error messages, preprocessing parity."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image, features
 
 from conftest import open_clip_submodule
-from vlm.images import (
+from vlm.io.images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
     PreprocessConfig,
@@ -316,7 +316,7 @@ def test_training_transform_follows_the_model_crop_rounding():
     # a converted Hugging Face CLIP crops with floor: training must crop the same way as inference
     import dataclasses
 
-    from vlm.config import get_config
+    from vlm.model.config import get_config
     from vlm.training.data import image_transform
 
     cfg = get_config("tiny")

@@ -1,4 +1,4 @@
-"""Caption words (vlm.lexicon): the trie over a checkpoint's training words, the training export
+"""Caption words (vlm.generation.lexicon): the trie over a checkpoint's training words, the training export
 that records them, and the word list shipped with the default model."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 from conftest import REPO
 
-from vlm.checkpoint import read_config
-from vlm.lexicon import Lexicon, caption_words
+from vlm.io.checkpoint import read_config
+from vlm.generation.lexicon import Lexicon, caption_words
 
 DEFAULT = REPO / "vlm" / "pretrained" / "default"
 MICRO = str(REPO / "configs" / "micro.yaml")
@@ -19,7 +19,7 @@ MICRO = str(REPO / "configs" / "micro.yaml")
 
 @pytest.fixture(scope="module")
 def tok():
-    from vlm.checkpoint import load_checkpoint_tokenizer
+    from vlm.io.checkpoint import load_checkpoint_tokenizer
 
     return load_checkpoint_tokenizer(DEFAULT, read_config(DEFAULT)[0])
 
@@ -58,7 +58,7 @@ def test_the_default_model_lists_the_words_of_the_shapes_generator():
 
 
 def test_training_export_records_the_words_of_its_captions(tmp_path):
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
     from vlm.training import train
     from vlm.training.config import load_train_config
     from vlm.training.data import training_caption_words

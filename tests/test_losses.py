@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlm.losses import CoCaLoss, caption_loss, contrastive_loss
-from vlm.model import ModelOutput
+from vlm.training.losses import CoCaLoss, caption_loss, contrastive_loss
+from vlm.model.coca import ModelOutput
 
 
 def test_contrastive_loss_is_symmetric_cross_entropy():

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm.config import get_config, list_configs
-from vlm.generation import GenerationConfig, SpecialTokens, _Stepper, generate
-from vlm.model import CoCa, create_model
+from vlm.model.config import get_config, list_configs
+from vlm.generation.config import GenerationConfig, SpecialTokens
+from vlm.generation.decode import _Stepper, generate
+from vlm.model.coca import CoCa, create_model
 
 from conftest import perturb, shrink
 
@@ -140,7 +141,7 @@ def test_generation_modes_and_lengths():
 def test_decoding_arithmetic_stays_finite_past_the_bounds():
     """The sampler, the repetition penalty and the length penalty give finite numbers for any
     value, even ones ``GenerationConfig.validate`` refuses (these used to give nan or overflow)."""
-    from vlm.generation import _normalised, _process, _sample
+    from vlm.generation.decode import _normalised, _process, _sample
 
     logits = torch.tensor([[2.0, 5.0, -1.0, 5.0, float("-inf")], [0.5, -3.0, 40.0, 1.0, 0.0]])
     g = torch.Generator().manual_seed(0)
@@ -186,7 +187,7 @@ def test_beam_search_scores_at_least_greedy():
 
 
 def test_position_embedding_resize_identity_and_larger_input():
-    from vlm.vision.vit import resize_pos_embed
+    from vlm.model.vit import resize_pos_embed
 
     torch.manual_seed(0)
     model = create_model("tiny").eval()

@@ -1,4 +1,4 @@
-"""Pre-packed decoding weights (vlm.packed_linear): same numbers as F.linear, scoped to the
+"""Pre-packed decoding weights (vlm.model.packed_linear): same numbers as F.linear, scoped to the
 ``with`` block, and generation gives the same tokens with and without them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from vlm.packed_linear import available, clear_cache, packed_linears
+from vlm.model.packed_linear import available, clear_cache, packed_linears
 
 pytestmark = pytest.mark.skipif(not available(torch.zeros(1)), reason="no MKL in this PyTorch build")
 
@@ -38,9 +38,9 @@ def test_packed_products_match_and_are_scoped():
 def test_generation_tokens_identical_with_and_without_packing(monkeypatch):
     from conftest import perturb, shrink
 
-    import vlm.generation as gen
-    from vlm.config import get_config
-    from vlm.model import create_model
+    import vlm.generation.decode as gen
+    from vlm.model.config import get_config
+    from vlm.model.coca import create_model
 
     torch.manual_seed(0)
     model = perturb(create_model(shrink(get_config("coca_ViT-B-32"))), scale=1.0).eval()

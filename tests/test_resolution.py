@@ -21,8 +21,8 @@ from PIL import Image
 
 from conftest import perturb, run_vlm
 from vlm.errors import UsageError
-from vlm.model import create_model
-from vlm.vision.vit import resize_pos_embed
+from vlm.model.coca import create_model
+from vlm.model.vit import resize_pos_embed
 
 
 @pytest.fixture(scope="module")

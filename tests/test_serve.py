@@ -30,7 +30,7 @@ DOCS_SCREENSHOT = REPO / "docs" / "search_page.png"
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
     import vlm.index
-    from vlm.data.shapes import generate_shapes
+    from vlm.data.shapes_dir import generate_shapes
 
     root = tmp_path_factory.mktemp("serve")
     shapes = generate_shapes(root / "shapes", 80, seed=3)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from vlm.cli.data import main as data_main
-from vlm.data.shapes import BACKGROUNDS, CLASSES, COLORS, SHAPES, generate_shapes
+from vlm.data.shapes import BACKGROUNDS, CLASSES, COLORS, SHAPES
+from vlm.data.shapes_dir import generate_shapes
 
 N = 40
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm.config import get_config, list_configs
-from vlm.model import create_model
+from vlm.model.config import get_config, list_configs
+from vlm.model.coca import create_model
 
 from conftest import perturb, shrink
 

@@ -1,4 +1,4 @@
-"""The CLI picks its OpenMP settings for a shared machine (vlm/threads.py): passive waiting, and
+"""The CLI picks its OpenMP settings for a shared machine (vlm/runtime/threads.py): passive waiting, and
 as many threads as there are cores other processes leave free; what the user set stays."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO
 
-from vlm.threads import choose, configure
+from vlm.runtime.threads import choose, configure
 
 
 def test_thread_count_follows_the_free_cores():

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import free_port
-from vlm.data.shapes import generate_shapes
+from vlm.data.shapes_dir import generate_shapes
 from vlm.training import load_train_config, train
 from vlm.training.optim import decays
 
@@ -374,7 +374,7 @@ def test_fine_tune_at_higher_resolution(shapes, tmp_path):
     assert train(hi)["finished"]
     saved = json.loads((tmp_path / "hi" / "model" / "config.json").read_text())
     assert saved["vision"]["image_size"] == 48
-    from vlm.checkpoint import load_pretrained
+    from vlm.io.checkpoint import load_pretrained
 
     model, _ = load_pretrained(tmp_path / "hi" / "model")
     assert model.visual.pos_embed.shape[0] == 1 + (48 // 8) ** 2
@@ -382,9 +382,9 @@ def test_fine_tune_at_higher_resolution(shapes, tmp_path):
 
 
 def test_clip_checkpoint_gets_a_fresh_decoder_with_frozen_encoder(shapes, tmp_path):
-    from vlm.checkpoint import load_pretrained, save_pretrained
-    from vlm.config import get_config
-    from vlm.model import create_model
+    from vlm.io.checkpoint import load_pretrained, save_pretrained
+    from vlm.model.config import get_config
+    from vlm.model.coca import create_model
     from vlm.tokenizers import train_sentencepiece
 
     cfg = get_config("tiny")

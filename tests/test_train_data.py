@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm.config import get_config
-from vlm.data.shapes import generate_shapes
+from vlm.model.config import get_config
+from vlm.data.shapes_dir import generate_shapes
 from vlm.training.config import DataConfig, TrainConfig
 from vlm.training.data import build_loaders, train_captions
 

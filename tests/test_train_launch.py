@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vlm.data.shapes import generate_shapes
+from vlm.data.shapes_dir import generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = str(ROOT / "configs" / "micro.yaml")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlm.data.shapes import generate_shapes
+from vlm.data.shapes_dir import generate_shapes
 from vlm.training import load_train_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,11 +89,11 @@ def test_half_written_checkpoints_are_pruned_and_never_resumed(shapes, tmp_path)
 
 SAVER = textwrap.dedent("""
     import sys, torch
-    from vlm.checkpoint import save_pretrained
-    from vlm.model import create_model
+    from vlm.io.checkpoint import save_pretrained
+    from vlm.model.coca import create_model
     sys.path.insert(0, {tests!r})
     from conftest import shrink
-    from vlm.config import get_config
+    from vlm.model.config import get_config
     model = create_model(shrink(get_config("tiny")))
     seed = 0
     print("ready", flush=True)
@@ -108,8 +108,8 @@ SAVER = textwrap.dedent("""
 
 def test_save_pretrained_killed_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     """kill -9 a process that saves in a loop: the directory always loads, whole."""
-    from vlm.checkpoint import load_config, load_state_dict
-    from vlm.model import create_model
+    from vlm.io.checkpoint import load_config, load_state_dict
+    from vlm.model.coca import create_model
 
     target = tmp_path / "ckpt"
     script = tmp_path / "saver.py"
@@ -146,9 +146,9 @@ def test_a_save_that_fails_half_way_leaves_the_old_checkpoint_whole(tmp_path, mo
     import safetensors.torch
 
     from conftest import shrink
-    from vlm.checkpoint import load_config, load_state_dict, save_pretrained
-    from vlm.config import get_config
-    from vlm.model import create_model
+    from vlm.io.checkpoint import load_config, load_state_dict, save_pretrained
+    from vlm.model.config import get_config
+    from vlm.model.coca import create_model
 
     target = tmp_path / "ckpt"
     model = create_model(shrink(get_config("tiny")))

@@ -20,13 +20,13 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from vlm.errors import ImageLoadError, InvalidOption, ModelError, UsageError
-from vlm.limits import DEFAULT_BATCH_SIZE
+from vlm.errors import InvalidOption, ModelError, UsageError
+from vlm.io.batches import ImageBatches
+from vlm.runtime.limits import DEFAULT_BATCH_SIZE
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL = "default"
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-ON_ERROR = ("raise", "return")  # what a Pipeline method does with an image that cannot be read
 
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image"]  # noqa: F821
 
@@ -61,50 +61,12 @@ def resolve_checkpoint(name: Optional[str]) -> Path:
         how = "(train one with scripts/train.py or convert one with `vlm convert`)"
         raise ModelError(f"no default model is installed: give vlm.load() a checkpoint directory {how}",
                          cli=f"no default model is installed: pass --model with a checkpoint directory {how}")
-    from vlm.config import list_configs
+    from vlm.model.config import list_configs
 
     if name in list_configs():
         raise ModelError(f"{name}: an architecture without trained weights; convert weights into it with "
                          f"`vlm convert` or pass a checkpoint directory")
     raise ModelError(f"{name}: no such model or checkpoint directory (see `vlm models`)")
-
-
-class ImageBatches:
-    """Reading images for a pipeline, ``batch_size`` at a time, with the ``on_error`` rule
-    (shared by ``Pipeline`` and ``vlm.classify.pipeline.ClassifierPipeline``)."""
-
-    batch_size: int = DEFAULT_BATCH_SIZE
-
-    def load_images(self, images, on_error: str = "raise") -> list:
-        """Decoded RGB PIL images (``vlm.images.load_image``); with ``on_error="return"`` a failed
-        image gives its ``ImageLoadError`` in place."""
-        from vlm.images import as_image_list, load_image
-
-        _check_on_error(on_error)
-        out = []
-        for im in as_image_list(images):
-            try:
-                out.append(load_image(im))
-            except ImageLoadError as e:
-                if on_error == "raise":
-                    raise
-                out.append(e)
-        return out
-
-    def _batches(self, images, on_error: str):
-        """(loaded PIL images, their positions, all results so far) per batch, errors filled in."""
-        from vlm.images import as_image_list
-
-        _check_on_error(on_error)
-        items = as_image_list(images)
-        results: list = [None] * len(items)
-        for start in range(0, len(items), self.batch_size):
-            loaded = self.load_images(items[start:start + self.batch_size], on_error)
-            good = [n for n, im in enumerate(loaded, start) if not isinstance(im, ImageLoadError)]
-            for n, im in enumerate(loaded, start):
-                if isinstance(im, ImageLoadError):
-                    results[n] = im
-            yield [loaded[n - start] for n in good], good, results
 
 
 class Pipeline(ImageBatches):
@@ -121,7 +83,7 @@ class Pipeline(ImageBatches):
     - ``similarity``: that image's row is NaN; ``load_images(images, on_error="return")`` gives the reasons.
     """
 
-    ood_notice = None  # a vlm.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors
+    ood_notice = None  # a vlm.trust.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors
 
     def __init__(self, model, tokenizer, preprocess, device: torch.device, name: str = "",
                  templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -138,10 +100,10 @@ class Pipeline(ImageBatches):
 
     @property
     def lexicon(self):
-        """The ``vlm.lexicon.Lexicon`` of the checkpoint's training words (None without a list):
+        """The ``vlm.generation.lexicon.Lexicon`` of the checkpoint's training words (None without a list):
         captions spell no other word."""
         if self._lexicon is None and self.caption_words is not None and self.tokenizer is not None:
-            from vlm.lexicon import Lexicon
+            from vlm.generation.lexicon import Lexicon
 
             self._lexicon = Lexicon(self.caption_words, self.tokenizer)
         return self._lexicon
@@ -157,14 +119,14 @@ class Pipeline(ImageBatches):
     def set_image_size(self, size: int) -> None:
         """Take ``size`` x ``size`` inputs from now on: same patches, the position embeddings resized
         bicubically on the fly (the model's own stored size, ``model.cfg``, is left as trained)."""
-        from vlm.limits import check_image_size_option
+        from vlm.runtime.limits import check_image_size_option
 
         check_image_size_option(size, self.model.cfg.vision.patch_size)
         self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
 
     def check_fits(self, batch_size: Optional[int] = None, beams: int = 1) -> None:
         """Raise ``InvalidOption`` when a batch at this image size (and beam count) cannot fit in memory."""
-        from vlm.limits import check_fits
+        from vlm.runtime.limits import check_fits
 
         check_fits(self.model.cfg, self.image_size, self.batch_size if batch_size is None else batch_size,
                    beams, device=self.device)
@@ -175,17 +137,17 @@ class Pipeline(ImageBatches):
 
     def _tensor(self, pil: list) -> torch.Tensor:
         """(B, 3, S, S) model input of loaded images; the out-of-distribution notice looks at it."""
-        from vlm.images import preprocess_batch
+        from vlm.io.images import preprocess_batch
 
         x = preprocess_batch(pil, self.preprocess_cfg).to(self.device)
-        if self.ood_notice is not None:  # warns once when images are far from the training data (vlm.ood)
+        if self.ood_notice is not None:  # warns once when images are far from the training data (vlm.trust.ood)
             self.ood_notice(self.model, x)
         return x
 
     @torch.inference_mode()
     def encode_images(self, images) -> torch.Tensor:
         """(N, E) L2-normalised image embeddings."""
-        from vlm.images import as_image_list
+        from vlm.io.images import as_image_list
 
         rows = [self.model.encode_image(self.images_to_tensor(batch)).float()
                 for batch in _chunks(as_image_list(images), self.batch_size)]
@@ -201,7 +163,7 @@ class Pipeline(ImageBatches):
     def generation_config(self, config=None, **options):
         """The checked ``GenerationConfig`` for this model: ``config`` (default greedy) with the
         named fields replaced by ``options``; raises before any image is read."""
-        from vlm.generation import GenerationConfig
+        from vlm.generation.config import GenerationConfig
 
         if not self.can_caption:
             raise ModelError(f"{self.name}: this model has no caption decoder (a CLIP model); "
@@ -218,7 +180,7 @@ class Pipeline(ImageBatches):
 
         ``config`` is a ``vlm.generation.GenerationConfig``; keyword ``options`` set its fields
         (``caption(imgs, beams=3, max_tokens=20)``)."""
-        from vlm.generation import generate
+        from vlm.generation.decode import generate
 
         cfg = self.generation_config(config, **options)
         tok = self.tokenizer
@@ -233,8 +195,8 @@ class Pipeline(ImageBatches):
     def label_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
         """(C, E) prompt-ensemble embeddings: the mean of normalised template embeddings, renormalised.
 
-        Row i is ``labels[i]``: a blank or repeated label is an error (``vlm.prompts``)."""
-        from vlm.prompts import check_labels, check_templates
+        Row i is ``labels[i]``: a blank or repeated label is an error (``vlm.classify.prompts``)."""
+        from vlm.classify.prompts import check_labels, check_templates
 
         labels = check_labels(labels)
         templates = check_templates(templates if templates is not None else self.templates)
@@ -246,8 +208,8 @@ class Pipeline(ImageBatches):
     def classify(self, images, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
                  top_k: int = 5, label_embeds: Optional[torch.Tensor] = None, *,
                  on_error: str = "raise") -> list:
-        """Zero-shot top-k (label, probability) per image; labels follow ``vlm.prompts.check_labels``."""
-        from vlm.prompts import check_labels
+        """Zero-shot top-k (label, probability) per image; labels follow ``vlm.classify.prompts.check_labels``."""
+        from vlm.classify.prompts import check_labels
 
         labels = check_labels(labels)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -285,11 +247,6 @@ class Pipeline(ImageBatches):
         return rows if rows is not None else torch.empty(0, len(texts), device=self.device)
 
 
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ON_ERROR:
-        raise InvalidOption("on_error", on_error, f"must be one of {', '.join(ON_ERROR)}")
-
-
 def _as_texts(texts) -> list[str]:
     """A list of strings; one string is one text (never iterated character by character)."""
     if isinstance(texts, str):
@@ -317,9 +274,9 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     ``pretrained`` names the weights of an ``open_clip:ARCH`` model (a tag or a checkpoint file;
     the same as ``open_clip:ARCH@TAG``). ``image_size`` and ``batch_size`` are checked against
     the memory of ``device`` here, before any image is read."""
-    from vlm.checkpoint import CheckpointMeta, load_checkpoint, read_config
-    from vlm.images import PreprocessConfig
-    from vlm.limits import check_batch_size, check_fits
+    from vlm.io.checkpoint import CheckpointMeta, load_checkpoint, read_config
+    from vlm.io.images import PreprocessConfig
+    from vlm.runtime.limits import check_batch_size, check_fits
 
     check_batch_size(batch_size)
     if pretrained is not None and not (name_or_dir or "").startswith("open_clip:"):
@@ -360,7 +317,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     check_fits(model.cfg, pipe.image_size, batch_size, device=dev)  # before the weights move to the device
     pipe.model = model.to(dev).eval()
     if directory:
-        from vlm.ood import OODCheck, OODNotice
+        from vlm.trust.ood import OODCheck, OODNotice
 
         pipe.ood_notice = OODNotice(OODCheck.for_checkpoint(directory), pipe.name)
     return pipe

@@ -20,10 +20,10 @@ def classifier_for(name: Optional[str], labels: Sequence[str], feature: Optional
 
     ``feature=None``: "embedding" on a CLIP / CoCa (its contrastive embedding, as the CLIP
     linear probe), the classifier's own feature on a classifier."""
-    import vlm
-    from vlm.images import PreprocessConfig
+    import vlm.api
+    from vlm.io.images import PreprocessConfig
 
-    pipe = vlm.load(name, device=device)
+    pipe = vlm.api.load(name, device=device)
     src = pipe.model
     if getattr(pipe, "is_classifier", False):
         cfg = dataclasses.replace(copy.deepcopy(src.cfg), labels=list(labels), feature=feature or src.cfg.feature)

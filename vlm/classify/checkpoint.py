@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from vlm import configio
-from vlm.checkpoint import CHECKPOINT_META_KEYS, CONFIG_NAME, META_KEY, WEIGHTS_NAME, load_state_dict, save_pretrained
+from vlm.io import configio
+from vlm.io.checkpoint import CHECKPOINT_META_KEYS, CONFIG_NAME, META_KEY, WEIGHTS_NAME, load_state_dict, save_pretrained
 from vlm.classify.model import ClassifierConfig, ImageClassifier
 from vlm.errors import CheckpointError
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from vlm.data.collate import SkipCounter, load_or_skip
 from vlm.errors import first_line
-from vlm.images import IMAGE_EXTENSIONS
+from vlm.io.images import IMAGE_EXTENSIONS
 
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "fine_label")
 
@@ -62,7 +62,7 @@ class LabelledImages:
 
     def load(self, i: int):
         """The decoded RGB image of item i (ImageLoadError when it cannot be read)."""
-        from vlm.images import load_image
+        from vlm.io.images import load_image
 
         s = self.sources[i]
         if isinstance(s, str):
@@ -189,7 +189,7 @@ def _open_hf(spec: str, name: str) -> LabelledImages:
 def _decode_hf(value, source: str):
     import io
 
-    from vlm.images import ImageLoadError, load_image
+    from vlm.io.images import ImageLoadError, load_image
 
     if isinstance(value, dict):
         if value.get("bytes"):

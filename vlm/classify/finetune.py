@@ -18,7 +18,7 @@ import dataclasses
 import re
 from typing import Optional
 
-from vlm import configio
+from vlm.io import configio
 from vlm.classify.model import ClassifierConfig, ImageClassifier
 
 
@@ -58,12 +58,12 @@ def _fresh(cfg, classes, feature: str) -> ImageClassifier:
 
 
 def _from_checkpoint(cfg, classes, want: Optional[str]):
-    import vlm
+    import vlm.api
     from vlm.classify.backbone import classifier_for
     from vlm.classify.model import classifier_from_backbone
 
     where = f"init_from={cfg.init_from}"
-    pipe = vlm.load(cfg.init_from, device="cpu")
+    pipe = vlm.api.load(cfg.init_from, device="cpu")
     if not getattr(pipe, "is_classifier", False):  # a CLIP / CoCa: its image tower, a new head
         return classifier_from_backbone(pipe.model, classes, want or "pooled").train(), list(classes), pipe
     if cfg.classify.head_init == "zero_shot":

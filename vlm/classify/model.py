@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlm import configio
-from vlm.config import PreprocessConfig, VisionConfig, check_image_size
-from vlm.vision.vit import VisionTransformer
+from vlm.io import configio
+from vlm.model.config import PreprocessConfig, VisionConfig, check_image_size
+from vlm.model.vit import VisionTransformer
 
 FEATURES = ("pooled", "embedding")
 

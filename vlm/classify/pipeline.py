@@ -6,7 +6,7 @@ classifier checkpoint, ``timm:NAME`` or a ViTForImageClassification ``hf:NAME``)
     >>> p.classify(["cat.jpg"], top_k=5)          # the model's own labels
     [[("cat", 0.91), ("dog", 0.05), ...]]
 
-Images follow the same rules as ``Pipeline``'s (``vlm.api.ImageBatches``): one path or PIL image,
+Images follow the same rules as ``Pipeline``'s (``vlm.io.batches.ImageBatches``): one path or PIL image,
 or a list of them (a string is one path, never iterated); ``on_error="return"`` keeps the good
 results and puts an ``ImageLoadError`` in place of each image that could not be read.
 """
@@ -17,9 +17,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from vlm.api import ImageBatches
+from vlm.io.batches import ImageBatches
 from vlm.errors import InvalidOption, UsageError
-from vlm.limits import DEFAULT_BATCH_SIZE
+from vlm.runtime.limits import DEFAULT_BATCH_SIZE
 
 
 class ClassifierPipeline(ImageBatches):
@@ -46,7 +46,7 @@ class ClassifierPipeline(ImageBatches):
         """Run at another resolution: same patches, bicubically resized position embeddings."""
         import dataclasses
 
-        from vlm.limits import check_image_size_option
+        from vlm.runtime.limits import check_image_size_option
 
         check_image_size_option(size, self.model.cfg.vision.patch_size)
         self.preprocess_cfg = dataclasses.replace(self.preprocess_cfg, image_size=size)
@@ -55,13 +55,13 @@ class ClassifierPipeline(ImageBatches):
         return self._tensor(self.load_images(images))
 
     def _tensor(self, pil: list) -> torch.Tensor:
-        from vlm.images import preprocess_batch
+        from vlm.io.images import preprocess_batch
 
         return preprocess_batch(pil, self.preprocess_cfg).to(self.device)
 
     def label_indices(self, labels: Optional[Sequence[str]]) -> list[int]:
         """Indices of ``labels`` among the model's (all of them for None); an unknown label is an error."""
-        from vlm.prompts import check_labels
+        from vlm.classify.prompts import check_labels
 
         if labels is None:
             return list(range(len(self.model.labels)))

@@ -69,7 +69,7 @@ def embed(model, preprocess, dataset, batch_size: int = 64, cache_dir: Optional[
     ``progress``, if given, is called with the number of images of each batch once it is done
     (not at all when the features come from the cache); ``on_skip`` with (path, reason) of each
     image that could not be read (else the first few are logged)."""
-    from vlm.images import preprocess as prep
+    from vlm.io.images import preprocess as prep
 
     path = None
     if cache_dir is not None:

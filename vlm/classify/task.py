@@ -126,7 +126,7 @@ def _open(spec: str, kind: str, min_classes: int = 2):
 def _transform(model_cfg):
     import functools
 
-    from vlm.images import PreprocessConfig, preprocess
+    from vlm.io.images import PreprocessConfig, preprocess
 
     return functools.partial(preprocess, cfg=PreprocessConfig.for_model(model_cfg))
 

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from vlm.errors import UsageError
-from vlm.prompts import check_labels, check_templates
+from vlm.classify.prompts import check_labels, check_templates
 
 
 @torch.no_grad()
 def class_embeddings(pipe, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
                      batch_size: int = 256) -> torch.Tensor:
     """(C, E) prompt-ensemble class embeddings, the same as ``Pipeline.label_embeddings``: the
-    labels and templates follow the same rules (``vlm.prompts``)."""
+    labels and templates follow the same rules (``vlm.classify.prompts``)."""
     labels = check_labels(labels)
     templates = check_templates(templates or pipe.templates)
     model, tok = pipe.model, pipe.tokenizer

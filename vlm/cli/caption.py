@@ -13,7 +13,7 @@ from vlm.cli.common import Parser, Reporter, add_model_args, iter_batches, load_
 
 def build_parser() -> Parser:
     from vlm.cli.options import add_dataclass_flags
-    from vlm.generation_config import GenerationConfig
+    from vlm.generation.config import GenerationConfig
 
     p = Parser(prog="vlm caption", description="Caption images with a CoCa model.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -24,7 +24,7 @@ def build_parser() -> Parser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from vlm.cli.options import dataclass_from_flags
-    from vlm.generation_config import GenerationConfig
+    from vlm.generation.config import GenerationConfig
 
     args = build_parser().parse_args(argv)
     gen = dataclass_from_flags(GenerationConfig, args).validate()  # bad options fail before the model loads

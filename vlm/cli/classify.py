@@ -33,8 +33,8 @@ def build_parser() -> Parser:
 
 
 def read_labels(args) -> list[str]:
-    """The labels of ``--labels`` or ``--labels-file``, checked by the API's one rule (``vlm.prompts``)."""
-    from vlm.prompts import check_labels
+    """The labels of ``--labels`` or ``--labels-file``, checked by the API's one rule (``vlm.classify.prompts``)."""
+    from vlm.classify.prompts import check_labels
 
     if args.labels_file is not None:
         path = Path(args.labels_file)
@@ -63,7 +63,7 @@ def read_labels(args) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from vlm.prompts import check_templates
+    from vlm.classify.prompts import check_templates
 
     args = build_parser().parse_args(argv)
     labels = read_labels(args) if args.labels is not None or args.labels_file is not None else None

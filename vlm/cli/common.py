@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 from vlm.errors import UsageError
-from vlm.progress import progress_bar
+from vlm.runtime.progress import progress_bar
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,7 +24,7 @@ class Parser(argparse.ArgumentParser):
 def add_model_args(p: argparse.ArgumentParser, image_size: bool = True, batch_size: bool = True) -> None:
     """--model, --pretrained, --device, --image-size, --batch-size and --json; a command that runs one
     image (explain) has no --batch-size and loads its model for batches of one."""
-    from vlm.limits import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_IMAGE_SIZE
+    from vlm.runtime.limits import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_IMAGE_SIZE
 
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR",
                    help="shipped model name, checkpoint directory, open_clip:ARCH or hf:NAME (default: the shipped default model)")
@@ -45,13 +45,13 @@ def add_model_args(p: argparse.ArgumentParser, image_size: bool = True, batch_si
 
 def load_pipeline(args):
     """``vlm.load`` with the model flags; sizes that cannot fit in memory are refused here."""
-    import vlm
+    import vlm.api
 
-    from vlm.limits import check_batch_size
+    from vlm.runtime.limits import check_batch_size
 
     batch_size = getattr(args, "batch_size", 1)  # a command without --batch-size runs one image at a time
     check_batch_size(batch_size)  # before a model is read
-    return vlm.load(args.model, device=args.device, image_size=getattr(args, "image_size", None),
+    return vlm.api.load(args.model, device=args.device, image_size=getattr(args, "image_size", None),
                     pretrained=getattr(args, "pretrained", None), batch_size=batch_size)
 
 
@@ -64,7 +64,7 @@ class Item:
 
 def iter_batches(inputs: Sequence[str], batch_size: int, progress: bool = True) -> Iterator[list[Item]]:
     """Batches of items in input order; a bad input becomes an item with an error."""
-    from vlm.images import ImageLoadError, collect_images, load_image
+    from vlm.io.images import ImageLoadError, collect_images, load_image
 
     entries: list = []  # a path to load, or the ImageLoadError of an input that expanded to nothing
     for inp in inputs:
@@ -113,3 +113,13 @@ class Reporter:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+
+def skipped_status(data: str, skipped: int, kept: int) -> int:
+    """``vlm evaluate``'s exit status once the metrics are printed: like caption, 1 when some images could not be
+    read (each already named on its own line), with a line saying what the metrics cover."""
+    if not skipped:
+        return 0
+    print(f"vlm evaluate: error: --data {data}: {skipped} of {skipped + kept} images could not be read; "
+          f"the metrics cover the other {kept}", file=sys.stderr)
+    return 1

@@ -9,7 +9,7 @@ A timm ViT or a transformers ViTForImageClassification becomes a classifier
 checkpoint (vlm.classify), used by ``vlm classify --model DIR`` without labels.
 
 The output is an ordinary checkpoint (config.json + model.safetensors + tokenizer
-files, written by ``vlm.checkpoint.save_pretrained``), usable with ``--model DIR``
+files, written by ``vlm.io.checkpoint.save_pretrained``), usable with ``--model DIR``
 and as ``init_from`` in a training config. OpenAI-trained weights need the
 ``-quickgelu`` architecture (e.g. ``--arch ViT-B-32-quickgelu``); tags set it themselves.
 """
@@ -111,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{cfg.preprocess.resize_mode}/{cfg.preprocess.interpolation} crop_pct {cfg.preprocess.crop_pct}")
         return 0
 
-    from vlm.checkpoint import load_pretrained, save_pretrained
+    from vlm.io.checkpoint import load_pretrained, save_pretrained
 
     save_pretrained(model, out, tokenizer=tokenizer, dtype=getattr(torch, args.dtype),
                     extra={"converted_from": source})

@@ -46,7 +46,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def shapes(args) -> int:
-    from vlm.progress import progress_bar
+    from vlm.runtime.progress import progress_bar
     from vlm.errors import VlmError, first_line
 
     if args.layout == "classes":
@@ -54,7 +54,7 @@ def shapes(args) -> int:
 
         write = functools.partial(generate_class_folders, classes=args.classes)
     else:
-        from vlm.data.shapes import generate_shapes as write
+        from vlm.data.shapes_dir import generate_shapes as write
     start = time.perf_counter()
     bar = progress_bar("vlm data shapes", total=args.n, unit="img") if args.n > 0 else None
     try:

@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from vlm.cli.common import Item, Parser, Reporter, add_model_args, load_pipeline
+from vlm.cli.common import Item, Parser, Reporter, add_model_args, load_pipeline, skipped_status
 from vlm.errors import InvalidOption, UsageError
-from vlm.progress import progress_bar
+from vlm.runtime.progress import progress_bar
 
 
 def build_parser() -> Parser:
     from vlm.cli.options import add_dataclass_flags
-    from vlm.generation_config import GenerationConfig
+    from vlm.generation.config import GenerationConfig
 
     p = Parser(prog="vlm evaluate", description="Captioning (BLEU, METEOR, ROUGE-L, CIDEr, SPICE), "
                "retrieval recall@k and zero-shot accuracy on a COCO-format dataset.")
@@ -70,7 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"--max-images {args.max_images}: must be at least 1")
     from vlm.cli.options import dataclass_from_flags
-    from vlm.generation_config import GenerationConfig
+    from vlm.generation.config import GenerationConfig
 
     dataclass_from_flags(GenerationConfig, args).validate()
     from vlm.evaluation.evaluate import evaluate_model, format_report, load_classes
@@ -107,16 +107,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = {"model": pipe.name, "data": str(data), **report}
     print(json.dumps(_clean(report)) if args.json else format_report(report, checks))
     return skipped_status(args.data, report.get("skipped_images", 0), report.get("num_images", 0))
-
-
-def skipped_status(data: str, skipped: int, kept: int) -> int:
-    """The exit status once the metrics are printed: like caption, 1 when some images could not be
-    read (each already named on its own line), with a line saying what the metrics cover."""
-    if not skipped:
-        return 0
-    print(f"vlm evaluate: error: --data {data}: {skipped} of {skipped + kept} images could not be read; "
-          f"the metrics cover the other {kept}", file=sys.stderr)
-    return 1
 
 
 def _split_hint(data: Path, split: Optional[str]) -> str:

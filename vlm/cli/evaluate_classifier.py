@@ -34,9 +34,8 @@ def main_classifier(args) -> int:
     if plot and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--plot {plot}: must end in .png, .pdf or .svg")
     from vlm.classify.evaluate import confusion_plot, evaluate_classifier
-    from vlm.cli.common import Item, Reporter, load_pipeline
-    from vlm.cli.evaluate import skipped_status
-    from vlm.progress import progress_bar
+    from vlm.cli.common import Item, Reporter, load_pipeline, skipped_status
+    from vlm.runtime.progress import progress_bar
 
     pipe = load_pipeline(args)
     try:

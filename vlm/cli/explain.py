@@ -19,7 +19,7 @@ from vlm.errors import UsageError
 
 def build_parser() -> Parser:
     from vlm.cli.options import add_dataclass_flags
-    from vlm.generation_config import GenerationConfig
+    from vlm.generation.config import GenerationConfig
 
     p = Parser(prog="vlm explain", description="Figures of what the ViT learned, for one image.")
     p.add_argument("image", metavar="IMAGE")
@@ -39,8 +39,8 @@ def build_parser() -> Parser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from vlm.cli.options import dataclass_from_flags
-    from vlm.generation_config import GenerationConfig
-    from vlm.images import ImageLoadError, load_image
+    from vlm.generation.config import GenerationConfig
+    from vlm.io.images import ImageLoadError, load_image
 
     args = build_parser().parse_args(argv)
     if args.num_filters < 1:

@@ -47,10 +47,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm.export.common import check_out_dir
 
     check_out_dir(Path(args.out), args.force)  # before the model loads (export checks it again, atomically)
-    import vlm
+    import vlm.api
     from vlm.export import check, export
 
-    pipe = vlm.load(args.model, device="cpu")
+    pipe = vlm.api.load(args.model, device="cpu")
     check(pipe.model, getattr(pipe, "tokenizer", None), args.format, pipe.name)  # refuse before any export work
     result = export(pipe, args.format, args.out, force=args.force)
     for note in result.notes:
@@ -76,9 +76,9 @@ def _list(args) -> int:
         raise UsageError(f"{args.format}: not a format (onnx, hf or open_clip); use --list [MODEL]")
     name = args.model or (args.format if args.format not in FORMATS else None)
     if name:
-        import vlm
+        import vlm.api
 
-        pipe = vlm.load(name, device="cpu")
+        pipe = vlm.api.load(name, device="cpu")
         table = support_table(pipe.model, getattr(pipe, "tokenizer", None), pipe.name)
     else:
         table = support_table()

@@ -42,7 +42,7 @@ def _usage() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from vlm.threads import configure
+    from vlm.runtime.threads import configure
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] != ["train"]:  # training sets its own threads (num_threads); a launch-time guess would stick
@@ -63,7 +63,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _show_notes_as_lines(name: str) -> None:
-    """Warnings that carry a CLI wording (vlm.ood's notice) print as one ``vlm NAME: note:`` line."""
+    """Warnings that carry a CLI wording (vlm.trust.ood's notice) print as one ``vlm NAME: note:`` line."""
     import warnings
 
     default = warnings.showwarning

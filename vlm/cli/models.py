@@ -13,7 +13,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     from vlm.api import PRETRAINED_DIR, shipped_checkpoints
-    from vlm.config import CONFIG_DIR, list_configs
+    from vlm.model.config import CONFIG_DIR, list_configs
 
     configs = []
     for name in list_configs():
@@ -23,7 +23,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         print(json.dumps({"configs": configs, "checkpoints": checkpoints}))
         return 0
-    print("Architectures (vlm/model_configs; weights come from training or `vlm convert`):")
+    print("Architectures (vlm/model/model_configs; weights come from training or `vlm convert`):")
     for c in configs:
         print(f"  {c['name']:<15} {c['type']:<5} {c['description']}")
     print("Checkpoints (use with --model):")

@@ -50,7 +50,7 @@ def _open(spec: str, flag: str):
 def _embed(model, pre, data, args, cache, name: str, split: str):
     """``embed`` with a progress bar on a terminal (none when the features come from the cache)."""
     from vlm.classify.probe import embed
-    from vlm.progress import progress_bar
+    from vlm.runtime.progress import progress_bar
 
     bar = progress_bar(f"vlm probe ({split})", total=len(data), unit="img")
     try:

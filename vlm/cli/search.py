@@ -45,7 +45,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.text:
         queries, hits = list(args.text), index.search(text=list(args.text), k=args.top_k)
     else:
-        from vlm.images import ImageLoadError, load_image
+        from vlm.io.images import ImageLoadError, load_image
 
         queries, images = [], []
         for q in args.image:

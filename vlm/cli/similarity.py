@@ -15,7 +15,7 @@ from vlm.errors import UsageError
 
 
 def build_parser() -> Parser:
-    from vlm.plotting import PLOT_FORMATS
+    from vlm.cli.similarity_plot import PLOT_FORMATS
 
     p = Parser(prog="vlm similarity", description="Cosine similarity between images and texts.")
     p.add_argument("--images", nargs="+", required=True, metavar="IMG")
@@ -31,7 +31,7 @@ def check_plot_path(path: str) -> None:
     """Refuse a --plot target that cannot be written, before the model loads."""
     import os
 
-    from vlm.plotting import PLOT_FORMATS, plot_format
+    from vlm.cli.similarity_plot import PLOT_FORMATS, plot_format
 
     if os.path.isdir(path):
         raise UsageError(f"--plot {path}: is a directory; give a file name, e.g. {os.path.join(path, 'similarity.png')}")
@@ -83,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         print_table(sources, texts, cosine)
     if args.plot and sources:
-        from vlm.plotting import similarity_heatmap
+        from vlm.cli.similarity_plot import similarity_heatmap
 
         try:
             similarity_heatmap(images, texts, cosine, args.plot)

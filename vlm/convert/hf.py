@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import copy
 import gzip
-import json
 import re
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from vlm.config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from vlm.model.config import ModelConfig, PreprocessConfig, TextConfig, VisionConfig
+from vlm.convert.hf_files import find_weights, preprocess_from_hf, read_json
 from vlm.errors import CheckpointError
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults, for configs that omit keys.
@@ -39,18 +39,6 @@ _TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
 _VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                         image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 _ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
-_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL.Image.Resampling values
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path.parent}: no {path.name} (not a Hugging Face model directory)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
 
 
 def _square(value, what: str, source) -> int:
@@ -91,45 +79,6 @@ def config_from_hf(hf: dict, preprocess: Optional[PreprocessConfig] = None, sour
     return ModelConfig(model_type="clip", embed_dim=hf.get("projection_dim", 512), vision=vision, text=text,
                        decoder=None, preprocess=preprocess or PreprocessConfig(),
                        init_logit_scale=float(hf.get("logit_scale_init_value", 2.6592)), tokenizer="clip_bpe")
-
-
-def preprocess_from_hf(pp: dict, image_size: int, source="preprocessor_config.json") -> PreprocessConfig:
-    """vlm preprocessing from a CLIPImageProcessor config: resize the short side + center crop
-    (``size.shortest_edge`` == ``crop_size``; crop offsets rounded down as transformers does) or
-    squash (``size`` height/width, no crop)."""
-    size, crop = pp.get("size", {"shortest_edge": 224}), pp.get("crop_size", {"height": 224, "width": 224})
-    if isinstance(size, int):
-        size = {"shortest_edge": size}
-    if isinstance(crop, int):
-        crop = {"height": crop, "width": crop}
-    do_resize, do_crop = pp.get("do_resize", True), pp.get("do_center_crop", True)
-    if not do_resize:
-        raise CheckpointError(f"{source}: do_resize=false is not supported (vlm always resizes)")
-    if "shortest_edge" in size:
-        if not do_crop or crop.get("height") != crop.get("width") or crop.get("height") != size["shortest_edge"]:
-            raise CheckpointError(f"{source}: resize to {size['shortest_edge']} then crop {crop} is not supported "
-                                  f"(vlm resizes the short side to the crop size)")
-        mode, out = "shortest", size["shortest_edge"]
-    elif "height" in size and "width" in size and size["height"] == size["width"]:
-        mode, out = "squash", size["height"]
-        if do_crop and (crop.get("height"), crop.get("width")) != (out, out):
-            raise CheckpointError(f"{source}: squash to {out} then crop {crop} is not supported")
-    else:
-        raise CheckpointError(f"{source}: image size {size} is not supported")
-    if out != image_size:
-        raise CheckpointError(f"{source}: preprocessing makes {out}x{out} images but the model takes "
-                              f"{image_size}x{image_size}")
-    resample = pp.get("resample", 3)
-    if resample not in _RESAMPLE:
-        raise CheckpointError(f"{source}: resample={resample} is not supported (2 bilinear or 3 bicubic)")
-    if pp.get("do_rescale", True) and abs(pp.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
-        raise CheckpointError(f"{source}: rescale_factor {pp['rescale_factor']} is not supported (1/255)")
-    if pp.get("do_normalize", True):
-        mean, std = tuple(pp.get("image_mean", PreprocessConfig().mean)), tuple(pp.get("image_std", PreprocessConfig().std))
-    else:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return PreprocessConfig(mean=tuple(map(float, mean)), std=tuple(map(float, std)), resize_mode=mode,
-                          interpolation=_RESAMPLE[resample], crop_rounding="floor")
 
 
 # --------------------------------------------------------------------- state dict
@@ -192,25 +141,18 @@ def convert_hf_state_dict(state: dict[str, torch.Tensor], source="weights") -> d
     return out
 
 
-def find_weights(directory: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (directory / name).is_file():
-            return directory / name
-    raise CheckpointError(f"{directory}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
-
-
 # ---------------------------------------------------------------------- tokenizer
 
 
 def _bpe_files(directory: Path) -> tuple[dict[str, int], list[str]]:
     """(vocab, merges) from vocab.json + merges.txt, or from tokenizer.json."""
     if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-        vocab = _read_json(directory / "vocab.json")
+        vocab = read_json(directory / "vocab.json")
         lines = (directory / "merges.txt").read_text(encoding="utf-8").split("\n")
         merges = [ln for ln in lines if ln and not ln.startswith("#version")]
         return vocab, merges
     if (directory / "tokenizer.json").is_file():
-        model = _read_json(directory / "tokenizer.json").get("model", {})
+        model = read_json(directory / "tokenizer.json").get("model", {})
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
         return model.get("vocab", {}), merges
     raise CheckpointError(f"{directory}: no tokenizer files (vocab.json + merges.txt, or tokenizer.json)")
@@ -253,14 +195,14 @@ def convert_hf_dir(directory) -> tuple[Any, Any]:
     """(model, tokenizer) from a transformers CLIPModel directory; the model is in eval mode.
 
     A ViTForImageClassification directory gives (ImageClassifier, None) (``vlm.convert.hf_vit``)."""
-    from vlm.checkpoint import load_weights
+    from vlm.io.checkpoint import load_weights
     from vlm.convert.state_io import load_state_file
-    from vlm.model import CLIP
+    from vlm.model.coca import CLIP
 
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such directory")
-    hf = _read_json(directory / "config.json")
+    hf = read_json(directory / "config.json")
     from vlm.convert.hf_vit import convert_hf_vit_dir, is_hf_vit_config
 
     if is_hf_vit_config(hf):
@@ -268,7 +210,7 @@ def convert_hf_dir(directory) -> tuple[Any, Any]:
     cfg = config_from_hf(hf, source=directory / "config.json")
     pp_path = directory / "preprocessor_config.json"
     if pp_path.is_file():
-        cfg.preprocess = preprocess_from_hf(_read_json(pp_path), cfg.vision.image_size, source=pp_path)
+        cfg.preprocess = preprocess_from_hf(read_json(pp_path), cfg.vision.image_size, source=pp_path)
     weights = find_weights(directory)
     state = convert_hf_state_dict(load_state_file(weights), source=weights)
     with torch.device("meta"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vlm.classify.model import ClassifierConfig, ImageClassifier
-from vlm.config import PreprocessConfig, VisionConfig
+from vlm.model.config import PreprocessConfig, VisionConfig
 from vlm.errors import CheckpointError
 
 _LAYER = re.compile(r"vit\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
@@ -99,7 +99,7 @@ def convert_hf_vit_state(state: dict[str, torch.Tensor], source) -> dict[str, to
 
 def convert_hf_vit_dir(directory, hf: dict) -> ImageClassifier:
     from vlm.classify.checkpoint import build_with_weights
-    from vlm.convert.hf import find_weights, preprocess_from_hf, _read_json
+    from vlm.convert.hf_files import find_weights, preprocess_from_hf, read_json
     from vlm.convert.state_io import load_state_file
 
     directory = Path(directory)
@@ -112,7 +112,7 @@ def convert_hf_vit_dir(directory, hf: dict) -> ImageClassifier:
     n = state["head.weight"].shape[0]
     pp_path = directory / "preprocessor_config.json"
     if pp_path.is_file():
-        pre = preprocess_from_hf(_read_json(pp_path), vision.image_size, source=pp_path)
+        pre = preprocess_from_hf(read_json(pp_path), vision.image_size, source=pp_path)
     else:  # ViTImageProcessor's defaults
         pre = PreprocessConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="squash",
                              interpolation="bilinear", crop_rounding="floor")

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from vlm.config import DecoderConfig, ModelConfig, PreprocessConfig, TextConfig, VisionConfig, get_config
+from vlm.model.config import DecoderConfig, ModelConfig, PreprocessConfig, TextConfig, VisionConfig, get_config
 from vlm.errors import CheckpointError, ModelError
 
 SUPPORTED_ARCHS = ("coca_ViT-B-32", "coca_ViT-L-14", "ViT-B-32", "ViT-B-16", "ViT-L-14")
@@ -48,7 +48,7 @@ def split_arch(arch: str) -> tuple[str, bool]:
 
 
 def arch_config(arch: str, preprocess: Optional[PreprocessConfig] = None) -> ModelConfig:
-    """The vlm config of a supported open_clip architecture (vlm/model_configs/ARCH.json), or of
+    """The vlm config of a supported open_clip architecture (vlm/model/model_configs/ARCH.json), or of
     an open_clip config file (``ARCH.json`` from open_clip's model_configs, or ``open_clip_config.json``)."""
     if arch.endswith(".json"):
         return config_from_open_clip_file(arch, preprocess)
@@ -308,8 +308,8 @@ def _convert_pooler_attention(p: dict[str, torch.Tensor], source: str) -> dict[s
 
 def model_from_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "checkpoint"):
     """A vlm model (eval mode) holding the open_clip weights ``state``, checked name by name and shape by shape."""
-    from vlm.checkpoint import load_weights
-    from vlm.model import MODEL_TYPES
+    from vlm.io.checkpoint import load_weights
+    from vlm.model.coca import MODEL_TYPES
 
     converted = convert_state_dict(state, source)
     with torch.device("meta"):

@@ -18,18 +18,16 @@ The CLI passes ``--model open_clip:ARCH --pretrained X`` as ``load_remote("open_
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlparse
 
+from vlm.convert.hub import can_reach, hub_endpoint, short_hub_timeouts
 from vlm.errors import ModelError, first_line, how_to_load
 
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 HF_PATTERNS = ["config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json"]
-CONNECT_TIMEOUT_S = 3.0
 
 
 def load_remote(name: str, pretrained: Optional[str] = None):
@@ -46,50 +44,6 @@ def load_remote(name: str, pretrained: Optional[str] = None):
 
         return load_timm(name[len("timm:"):]), None, None
     raise ModelError(f"{name}: not an open_clip:, hf: or timm: model name")
-
-
-# ------------------------------------------------------------------------ network
-
-
-def _offline_env() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def can_reach(url: str) -> bool:
-    """True unless offline mode is set or the URL's host cannot be connected to within a few seconds.
-
-    The port is the URL's own (``HF_ENDPOINT=http://mirror:8080`` probes 8080), else the scheme's
-    (443 for https, 80 for http). Behind a proxy the proxy decides, so the check is left to the
-    download's own timeouts.
-    """
-    if _offline_env():
-        return False
-    parsed = urlparse(url if "://" in url else f"https://{url}")
-    proxies = ("HTTPS_PROXY", "https_proxy") if parsed.scheme == "https" else ("HTTP_PROXY", "http_proxy")
-    if any(os.environ.get(v) for v in proxies + ("ALL_PROXY", "all_proxy")):
-        return True
-    try:
-        port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    except ValueError:  # a port outside 0-65535
-        return False
-    if not parsed.hostname:
-        return False
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
-def _hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def _short_hub_timeouts() -> None:
-    """Keep huggingface_hub from waiting long on a bad network (read when it is first imported)."""
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
 
 
 # ----------------------------------------------------------------------- open_clip
@@ -147,7 +101,7 @@ def _example_tag(arch: str) -> str:
 
 def _load_open_clip_tag(arch: str, tag: str, name: str):
     """A pretrained tag: from the Hugging Face cache, else downloaded by open_clip when online."""
-    _short_hub_timeouts()
+    short_hub_timeouts()
     from vlm.convert import open_clip as oc
 
     vlm_arch, preprocess, tag_cfg = oc.tag_settings(arch, tag)
@@ -158,7 +112,7 @@ def _load_open_clip_tag(arch: str, tag: str, name: str):
     if cached is not None:
         model, tok = oc.convert_file(cached, vlm_arch, preprocess)
         return model, tok, None
-    where = f"{_hub_endpoint()}/{repo}" if repo else tag_cfg.get("url", "")
+    where = f"{hub_endpoint()}/{repo}" if repo else tag_cfg.get("url", "")
     files = f"{filename} and open_clip_config.json from {where}" if repo else where
     if not can_reach(where):
         api, cli = how_to_load(f"open_clip:{vlm_arch}", f"/path/to/{filename or 'checkpoint.pt'}")
@@ -229,7 +183,7 @@ def load_hf(spec: str):
 
 
 def _hf_snapshot(repo: str, name: str) -> Path:
-    _short_hub_timeouts()
+    short_hub_timeouts()
     from huggingface_hub import snapshot_download
 
     weights = [["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],
@@ -241,9 +195,9 @@ def _hf_snapshot(repo: str, name: str) -> Path:
                 return d
         except Exception:
             pass
-    where = f"{_hub_endpoint()}/{repo}"
+    where = f"{hub_endpoint()}/{repo}"
     api, cli = how_to_load("hf:/path/to/dir")
-    if not can_reach(_hub_endpoint()):
+    if not can_reach(hub_endpoint()):
         head = (f"{name}: could not download (offline?); download config.json, model.safetensors, vocab.json, "
                 f"merges.txt and preprocessor_config.json from {where} into a directory and ")
         raise ModelError(f"{head}load it with {api}, or convert it once with `vlm convert hf`",

@@ -13,7 +13,7 @@ refused with one line.
 Labels: ``label_names`` from the config when present, else timm's own ImageNet
 metadata (``timm.data.ImageNetInfo``) for 1k / 21k / 11k heads. Preprocessing:
 ``timm.data.resolve_data_config`` of the checkpoint (input size, interpolation,
-crop_pct, mean, std), which ``vlm.images.preprocess`` reproduces.
+crop_pct, mean, std), which ``vlm.io.images.preprocess`` reproduces.
 
     vlm convert timm ./vit_base_patch16_224 --out ckpt/vit_b16
     >>> model = convert_timm_dir("./vit_base_patch16_224")        # an ImageClassifier
@@ -34,7 +34,7 @@ from typing import Any, Optional
 import torch
 
 from vlm.classify.model import ClassifierConfig, ImageClassifier
-from vlm.config import PreprocessConfig, VisionConfig
+from vlm.model.config import PreprocessConfig, VisionConfig
 from vlm.errors import CheckpointError, first_line, how_to_load
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -206,7 +206,7 @@ def convert_timm_dir(directory) -> ImageClassifier:
 def load_timm(spec: str) -> ImageClassifier:
     """``timm:NAME``: a local timm directory, else the Hub repo ``timm/NAME`` (or ``ORG/NAME``):
     the Hugging Face cache first, then a download when the Hub can be reached; offline, one line."""
-    from vlm.convert.remote import _hub_endpoint, _short_hub_timeouts, can_reach
+    from vlm.convert.hub import can_reach, hub_endpoint, short_hub_timeouts
 
     name = f"timm:{spec}"
     if not spec:
@@ -217,7 +217,7 @@ def load_timm(spec: str) -> ImageClassifier:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise CheckpointError(f"{name}: no such directory")
     repo = spec if "/" in spec else f"timm/{spec}"
-    _short_hub_timeouts()
+    short_hub_timeouts()
     from huggingface_hub import snapshot_download
 
     patterns = ["config.json", "model.safetensors"]
@@ -227,8 +227,8 @@ def load_timm(spec: str) -> ImageClassifier:
         raise
     except Exception:
         pass
-    where = f"{_hub_endpoint()}/{repo}"
-    if not can_reach(_hub_endpoint()):
+    where = f"{hub_endpoint()}/{repo}"
+    if not can_reach(hub_endpoint()):
         api, cli = how_to_load("timm:/path/to/dir")
         head = (f"{name}: could not download (offline?); download config.json and model.safetensors from {where} "
                 f"into a directory and ")

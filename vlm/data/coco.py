@@ -65,7 +65,7 @@ class CaptionIndex:
         path = self._paths[image_id]
         if not self.load_images:
             return make_item(str(path), caption, image_id, str(path), None, self.tokenize)
-        from vlm.images import load_image
+        from vlm.io.images import load_image
 
         image = load_or_skip(lambda: load_image(path), str(path), self.skips)
         if image is None:

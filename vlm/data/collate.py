@@ -94,10 +94,10 @@ class SkipCounter:
 def load_or_skip(load: Callable[[], Any], source: str, skips: Optional[SkipCounter]) -> Any:
     """Run ``load()``; on an image error record a skip and return None.
 
-    Catches ``vlm.images.ImageLoadError`` and OSError/ValueError (the errors a
+    Catches ``vlm.io.images.ImageLoadError`` and OSError/ValueError (the errors a
     damaged or missing file raises); other exceptions are bugs and propagate.
     """
-    from vlm.images import ImageLoadError
+    from vlm.io.images import ImageLoadError
 
     try:
         value = load()

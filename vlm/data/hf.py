@@ -227,7 +227,7 @@ class _RowDecoder:
     def _load(self, value: Any, source: str):
         from PIL import Image
 
-        from vlm.images import ImageLoadError, load_image
+        from vlm.io.images import ImageLoadError, load_image
 
         if value is None:
             raise ImageLoadError(source, "no image in this row")

@@ -38,13 +38,10 @@ Run: ``vlm data shapes --out data/shapes --n 20000 --seed 0``
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -405,82 +402,6 @@ def check_counts(n, seed, image_size) -> None:
         raise InvalidOption("image_size", image_size, "must be an integer >= 32")
 
 
-def generate_shapes(out_dir: str | Path, n: int, seed: int, image_size: int = 64, progress=None) -> Path:
-    """Write ``n`` scenes (ids 1..n) under ``out_dir``; returns ``out_dir``.
-
-    An earlier shapes dataset in ``out_dir`` (either layout) is replaced, so it holds exactly
-    this one; a directory holding anything else is refused (``vlm.data.shapes_dir``).
-    ``progress``, if given, is called with each image id. Raises ``InvalidOption`` (a ValueError)
-    for n < 1, a negative seed, image_size < 32 or such an ``out_dir``.
-    """
-    from vlm.data.shapes_dir import prepare_out_dir
-
-    check_counts(n, seed, image_size)
-    out = prepare_out_dir(out_dir)
-    (out / "images").mkdir()
-    (out / "annotations").mkdir()
-
-    images, annotations, labels = [], [], {}
-    for image_id in range(1, n + 1):
-        rng = np.random.default_rng([seed, image_id])
-        scene = sample_scene(rng, image_size)
-        image = render_scene(scene, rng, image_size)
-        file_name = f"{image_id:06d}.png"
-        (out / "images" / file_name).write_bytes(png_bytes(np.asarray(image)))
-        images.append(
-            {
-                "id": image_id,
-                "file_name": file_name,
-                "width": image_size,
-                "height": image_size,
-                "background": scene.background,
-                "objects": [o.to_json(image_size) for o in scene.objects],
-            }
-        )
-        for caption in scene_captions(scene, rng, image_size):
-            annotations.append(
-                {"id": len(annotations) + 1, "image_id": image_id, "caption": caption}
-            )
-        if len(scene.objects) == 1:
-            labels[str(image_id)] = CLASSES.index(scene.objects[0].class_name)
-        if progress is not None:
-            progress(image_id)
-
-    coco = {
-        "info": {
-            "description": DESCRIPTION,
-            "version": "1.0",
-            "seed": seed,
-            "image_size": image_size,
-            "num_images": n,
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-    }
-    _write_json(out / "annotations" / "captions.json", coco)
-    _write_json(out / "classes.json", {"classes": CLASSES, "templates": TEMPLATES, "labels": labels})
-    return out
-
-
-def shapes_objects(root: str | Path) -> Optional[dict[int, list[dict]]]:
-    """Image id -> its objects (``shape``, ``color``, ...) for a dataset dir that ``generate_shapes``
-    wrote (its ``annotations/captions.json`` says so in ``info.description``); None for any other
-    dir, or one whose captions file cannot be read."""
-    try:
-        data = json.loads((Path(root) / "annotations" / "captions.json").read_text(encoding="utf-8"))
-        if not str(data.get("info", {}).get("description", "")).startswith(_MARK):
-            return None
-        return {int(im["id"]): list(im.get("objects", [])) for im in data["images"]}
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return None
-
-
-def is_shapes_dir(root: str | Path) -> bool:
-    """A dataset dir written by ``generate_shapes`` (``vlm data shapes``)."""
-    return shapes_objects(root) is not None
-
-
 def png_bytes(rgb: np.ndarray, level: int = 1) -> bytes:
     """Encode an (H, W, 3) uint8 array as an 8-bit RGB PNG (no filtering, zlib ``level``).
 
@@ -498,12 +419,6 @@ def png_bytes(rgb: np.ndarray, level: int = 1) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + chunk(b"IEND", b""))
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
-    tmp.replace(path)
-
-
 __all__ = [
     "BACKGROUNDS",
     "CLASSES",
@@ -515,11 +430,8 @@ __all__ = [
     "Scene",
     "ShapeObject",
     "caption_pool",
-    "generate_shapes",
-    "is_shapes_dir",
     "png_bytes",
     "render_scene",
     "sample_scene",
     "scene_captions",
-    "shapes_objects",
 ]

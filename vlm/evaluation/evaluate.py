@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
 
-from vlm.generation_config import GenerationConfig
+from vlm.generation.config import GenerationConfig
 
 
 class CaptionCheck(Protocol):
@@ -111,8 +111,9 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     from vlm.evaluation.captioning import evaluate_captions
     from vlm.evaluation.retrieval import retrieval_recall
     from vlm.evaluation.zeroshot import topk_accuracy
-    from vlm.generation import SpecialTokens, generate
-    from vlm.images import load_image, preprocess_batch
+    from vlm.generation.config import SpecialTokens
+    from vlm.generation.decode import generate
+    from vlm.io.images import load_image, preprocess_batch
     from vlm.data.layout import open_caption_dir
 
     ds = open_caption_dir(data_dir, split, load_images=False)

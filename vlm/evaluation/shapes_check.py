@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
-from vlm.data.shapes import COLORS, SHAPES, shapes_objects
+from vlm.data.shapes import COLORS, SHAPES
+from vlm.data.shapes_dir import shapes_objects
 
 _WORD = re.compile(r"[a-z]+")
 

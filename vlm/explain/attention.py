@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vlm.layers import Attention
+from vlm.model.layers import Attention
 
 
 def attention_probs(attn: Attention, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None,

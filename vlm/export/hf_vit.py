@@ -91,7 +91,7 @@ def _image_processor(cfg):
     resample = {"bicubic": 3, "bilinear": 2}[p.interpolation]
     common = dict(do_resize=True, resample=resample, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
                   image_mean=list(p.mean), image_std=list(p.std))
-    scale = S if p.crop_pct == 1.0 else math.floor(S / p.crop_pct)  # vlm.images: timm's floor(S / crop_pct)
+    scale = S if p.crop_pct == 1.0 else math.floor(S / p.crop_pct)  # vlm.io.images: timm's floor(S / crop_pct)
     if p.resize_mode == "squash" and scale == S:
         return ViTImageProcessor(size={"height": S, "width": S}, **common)
     size = {"height": scale, "width": scale} if p.resize_mode == "squash" else {"shortest_edge": scale}

@@ -82,7 +82,7 @@ def export_onnx(model, tokenizer, out: Path, source: str = "") -> dict:
     import onnxruntime
 
     from vlm import __version__
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
 
     model = model.float().eval()
     cfg = model.cfg
@@ -144,7 +144,7 @@ def export_onnx(model, tokenizer, out: Path, source: str = "") -> dict:
 
 def _export_caption(model, image_tokens: torch.Tensor, out: Path, parity: dict) -> dict:
     """Export and check the image key/value graph and the decoding step."""
-    from vlm.generation import _Stepper
+    from vlm.generation.decode import _Stepper
 
     graphs = {}
     _export(ImageKVGraph(model), (image_tokens,), out / "caption_image_kv.onnx", ["image_tokens"], ["image_kv"],
@@ -193,7 +193,7 @@ def _manifest_head(cfg, source: str) -> dict:
 
 
 def _export_classifier(model, out: Path, source: str) -> dict:
-    from vlm.images import PreprocessConfig
+    from vlm.io.images import PreprocessConfig
 
     S = model.cfg.vision.image_size
     pixels = torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(0))

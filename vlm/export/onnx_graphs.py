@@ -14,7 +14,7 @@ from vlm at run time:
   stacks that run per token (the unimodal text tower and the multimodal decoder), each
   stacked (layers, 2, B, heads, P, head_dim) with P cached positions (0 at the start),
   plus the image keys/values -> the last position's logits (B, V) and the caches grown to
-  P + T. This is ``vlm.generation``'s cached step (Yu et al. 2022, CoCa) with the cache
+  P + T. This is ``vlm.generation.decode``'s cached step (Yu et al. 2022, CoCa) with the cache
   made explicit, as a runtime such as onnxruntime needs it.
 
 Shapes in comments: B batch, T new tokens, P cached positions, h heads, d head size.

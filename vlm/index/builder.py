@@ -154,9 +154,9 @@ def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] =
         raise UsageError(f"{out}: exists and is not a directory")
     dist = _Dist()
     if pipeline is None:
-        import vlm
+        import vlm.api
 
-        pipeline = vlm.load(model, device=device)
+        pipeline = vlm.api.load(model, device=device)
     name = model or pipeline.name
     fp = fingerprint(pipeline.model)
     if dist.is_main:

@@ -36,7 +36,7 @@ class ImageRecords(torch.utils.data.Dataset):
         return len(self.records)
 
     def _load(self, rec: Record):
-        from vlm.images import ImageLoadError, load_image
+        from vlm.io.images import ImageLoadError, load_image
 
         if rec.file is not None:
             return load_image(rec.file)
@@ -47,7 +47,7 @@ class ImageRecords(torch.utils.data.Dataset):
         return item["image"]
 
     def __getitem__(self, i: int) -> dict:
-        from vlm.images import ImageLoadError, preprocess
+        from vlm.io.images import ImageLoadError, preprocess
 
         rec = self.records[i]
         try:
@@ -162,7 +162,8 @@ def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: Shard
 
 
 def _captions(pipe, x: torch.Tensor, cfg) -> list[str]:
-    from vlm.generation import SpecialTokens, generate
+    from vlm.generation.config import SpecialTokens
+    from vlm.generation.decode import generate
 
     tok = pipe.tokenizer
     return [tok.decode(r).strip() for r in generate(pipe.model, x, SpecialTokens.of(tok), cfg)]

@@ -62,11 +62,11 @@ class Index:
     @property
     def pipeline(self):
         if self._pipeline is None:
-            import vlm
+            import vlm.api
 
             from vlm.index.builder import fingerprint
 
-            pipe = vlm.load(self._model or self.info["model"], device=self._device)
+            pipe = vlm.api.load(self._model or self.info["model"], device=self._device)
             if fingerprint(pipe.model) != self.info["fingerprint"]:
                 raise ModelError(f"{self.path}: built with model {self.info['model']!r} (fingerprint "
                                  f"{self.info['fingerprint']}); model {self._model or self.info['model']!r} "

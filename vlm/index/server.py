@@ -67,7 +67,7 @@ def create_app(index):
 
     @app.post("/api/search")
     def search_image():
-        from vlm.images import ImageLoadError, load_image
+        from vlm.io.images import ImageLoadError, load_image
 
         upload = request.files.get("image")
         if upload is None:
@@ -125,7 +125,7 @@ def create_app(index):
 
 @lru_cache(maxsize=512)  # bounded: at most 512 thumbnails (~5 KB each) are kept
 def _thumbnail(path: str, mtime_ns: int):
-    from vlm.images import ImageLoadError, load_image
+    from vlm.io.images import ImageLoadError, load_image
 
     try:
         img = load_image(path)

@@ -46,7 +46,7 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from vlm.images import IMAGE_EXTENSIONS
+    from vlm.io.images import IMAGE_EXTENSIONS
 
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):

@@ -64,7 +64,7 @@ class Tokenizer(ABC):
     def token_texts(self) -> list[str | None]:
         """The text each id adds to a caption, a word boundary written as a space (``" a"``,
         ``"rge"``, ``"ge "``); None for an id that adds no text of its own (special tokens, bytes).
-        ``vlm.lexicon`` reads it to keep decoded words within a word list."""
+        ``vlm.generation.lexicon`` reads it to keep decoded words within a word list."""
         raise NotImplementedError(f"{type(self).__name__} does not list its token texts")
 
     # ------------------------------------------------------------------ shared behaviour

@@ -23,7 +23,7 @@ class CaptionTask(Task):
 
     def setup(self, accelerator, out: Path) -> Setup:
         from vlm.data.collate import collate
-        from vlm.losses import CoCaLoss
+        from vlm.training.losses import CoCaLoss
         from vlm.training.data import build_datasets, build_tokenizer
         from vlm.training.model_setup import build_model
 
@@ -67,7 +67,9 @@ class CaptionTask(Task):
         """Greedy captions of the first ``eval_captions`` validation images (not under FSDP)."""
         from accelerate.utils import DistributedType
 
-        from vlm.generation import GenerationConfig, SpecialTokens, generate
+        from vlm.generation.config import GenerationConfig, SpecialTokens
+
+        from vlm.generation.decode import generate
 
         n, val_set = self.cfg.eval_captions, self.val_set
         if n <= 0 or val_set is None or accelerator.distributed_type == DistributedType.FSDP:

@@ -6,7 +6,7 @@ schedule with linear warmup (Loshchilov & Hutter 2019).
 
     cfg = load_train_config("configs/shapes_tiny.yaml", ["lr=3e-4", "model.vision.image_size=96"])
 
-The file and the overrides go through the one config loader (``vlm.configio``):
+The file and the overrides go through the one config loader (``vlm.io.configio``):
 unknown keys and wrong types are refused naming the file (or the override) and
 the key. Dotted keys reach nested sections (``data.batch_size=32``); values are
 parsed as YAML scalars, so ``steps=100``, ``freeze=[visual]`` and
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from vlm import configio
+from vlm.io import configio
 from vlm.classify.train_config import ClassifyConfig, check_applies
 from vlm.errors import first_line
 
@@ -65,7 +65,7 @@ TASKS = ("caption", "classify")
 class TrainConfig:
     task: str = "caption"  # caption (CoCa/CLIP objective) | classify (a ViT with a classification head)
     # model
-    model: Optional[str] = None  # a named architecture in vlm/model_configs (None: tiny, or init_from's)
+    model: Optional[str] = None  # a named architecture in vlm/model/model_configs (None: tiny, or init_from's)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # nested dict, from model.a.b=v keys
     init_from: Optional[str] = None  # checkpoint dir to start from (a CLIP gets a fresh decoder)
     tokenizer_path: Optional[str] = None  # sentencepiece dir; None: train one on the captions
@@ -225,7 +225,7 @@ def _check_override(key: str, value: Any, source: str, model: Optional[str]) -> 
 def model_config(cfg: TrainConfig, source: str = "config"):
     """The named architecture (``tiny`` when none is named) with ``model_overrides`` laid over it,
     through the config loader: a bad key or value is one line naming ``source`` and ``model.KEY``."""
-    from vlm.config import ModelConfig, get_config, list_configs
+    from vlm.model.config import ModelConfig, get_config, list_configs
 
     name = cfg.model or DEFAULT_MODEL
     try:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from vlm.data.dataset import CaptionDataset
 from vlm.data.layout import SplitError, is_single_layout, open_caption_dir, open_karpathy
-from vlm.data.shapes import is_shapes_dir
+from vlm.data.shapes_dir import is_shapes_dir
 
 
 def train_captions(cfg) -> list[str]:
@@ -34,13 +34,13 @@ def train_captions(cfg) -> list[str]:
 
 def training_caption_words(cfg) -> Optional[list[str]]:
     """The words a caption decoder trained by this run knows (``CheckpointMeta.caption_words``,
-    ``vlm.lexicon``): those of every training caption, with the list of an ``init_from`` CoCa.
+    ``vlm.generation.lexicon``): those of every training caption, with the list of an ``init_from`` CoCa.
 
     None, so decoding is not held to a list, where the words are not all known: a stream
     (only its first rows can be read up front), or a CoCa ``init_from`` without a list
     (a converted open_clip model, trained on captions nobody listed)."""
-    from vlm.checkpoint import read_config
-    from vlm.lexicon import caption_words
+    from vlm.io.checkpoint import read_config
+    from vlm.generation.lexicon import caption_words
 
     prior: list[str] = []
     if cfg.init_from:
@@ -89,7 +89,7 @@ def check_vocab(tok, model_cfg) -> None:
 
 def image_transform(model_cfg):
     """PIL image -> normalised (3, S, S) tensor at the model's resolution."""
-    from vlm.images import PreprocessConfig, preprocess
+    from vlm.io.images import PreprocessConfig, preprocess
 
     return functools.partial(preprocess, cfg=PreprocessConfig.for_model(model_cfg))
 

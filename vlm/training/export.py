@@ -29,8 +29,8 @@ def gathered_copy(accelerator, model, build: Callable):
 def export_pretrained(accelerator, model, directory: Path, tokenizer=None, dtype: Optional[torch.dtype] = None,
                       extra: Optional[dict] = None) -> None:
     """save_pretrained of the full (gathered) weights; every process must call it."""
-    from vlm.checkpoint import save_pretrained
-    from vlm.model import create_model
+    from vlm.io.checkpoint import save_pretrained
+    from vlm.model.coca import create_model
 
     fresh = gathered_copy(accelerator, model, create_model)
     if fresh is not None:

@@ -25,7 +25,7 @@ __all__ = ["NonFiniteLossError", "train"]
 def train(cfg) -> dict:
     """Run the configured training; returns a summary dict (final step, losses, export dir)."""
     from vlm.data.collate import SkipCounter
-    from vlm.progress import progress_bar
+    from vlm.runtime.progress import progress_bar
     from vlm.training.setup import setup
 
     run = setup(cfg)

@@ -26,15 +26,15 @@ from typing import Any
 
 import torch
 
-from vlm import configio
-from vlm.config import DecoderConfig, ModelConfig, get_config
+from vlm.io import configio
+from vlm.model.config import DecoderConfig, ModelConfig, get_config
 from vlm.errors import CheckpointError
 from vlm.training.config import DEFAULT_MODEL, model_config  # noqa: F401  (model_config: re-exported)
 
 
 def build_model(cfg):
     """(model, tokenizer-or-None) as the training config asks, frozen towers applied."""
-    from vlm.model import create_model
+    from vlm.model.coca import create_model
 
     tokenizer = None
     if cfg.init_from:
@@ -77,8 +77,8 @@ def init_sincos_(visual, scale: float = 0.2) -> None:
 
 
 def _from_checkpoint(cfg):
-    from vlm.checkpoint import load_pretrained, load_weights, read_config
-    from vlm.model import CoCa
+    from vlm.io.checkpoint import load_pretrained, load_weights, read_config
+    from vlm.model.coca import CoCa
 
     ckpt_cfg, _ = read_config(cfg.init_from)
     overrides = dict(cfg.model_overrides or {})

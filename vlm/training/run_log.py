@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vlm.atomic import write_atomic
+from vlm.io.atomic import write_atomic
 from vlm.errors import UsageError
 
 LOG_NAME = "losses.jsonl"

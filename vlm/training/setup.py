@@ -40,7 +40,7 @@ class Run:
 
 def hparams(cfg) -> dict:
     """The config flattened to dotted scalar keys (TensorBoard's hparams, train_config.json)."""
-    from vlm import configio
+    from vlm.io import configio
     from vlm.training.config import config_to_dict
 
     return {k: v for k, v in configio.leaves(config_to_dict(cfg)) if isinstance(v, (int, float, str, bool))}

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from vlm import configio
-from vlm.atomic import commit_directory, partial_path, prune_partial, write_atomic
+from vlm.io import configio
+from vlm.io.atomic import commit_directory, partial_path, prune_partial, write_atomic
 
 STATE_FILE = "trainer_state.json"
 

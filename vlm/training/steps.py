@@ -93,7 +93,7 @@ def after_step(run, bar, record: dict) -> dict:
     run.task.after_step(run.model)
     state.step += 1
     record = {"step": state.step, **record}
-    if bar is not None:  # a progress bar on a terminal only (vlm.progress)
+    if bar is not None:  # a progress bar on a terminal only (vlm.runtime.progress)
         bar.update(1)
     if run.log is not None:
         run.log.write(record)

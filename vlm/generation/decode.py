@@ -5,10 +5,10 @@ text tower and the multimodal decoder, keep a key/value cache, and the
 decoder's cross-attention keys/values over the image tokens are computed on the
 first step only, so each new token costs one position through each stack.
 
-    >>> from vlm.generation import GenerationConfig, generate
+    >>> from vlm.generation.decode import GenerationConfig, generate
     >>> ids = generate(model, images, tokenizer, GenerationConfig(beams=3))  # (B, 3, H, W) -> B id lists
 
-Every option, its default and its bounds live on ``GenerationConfig`` (``vlm.generation_config``,
+Every option, its default and its bounds live on ``GenerationConfig`` (``vlm.generation.config``,
 imported without torch); ``vlm caption``'s flags are derived from its fields.
 """
 
@@ -20,9 +20,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vlm.decoding_guards import CANDIDATES, DegenerationGuard, block_repeated_ngrams
-from vlm.generation_config import GenerationConfig, SpecialTokens
-from vlm.packed_linear import packed_linears
+from vlm.generation.guards import CANDIDATES, DegenerationGuard, block_repeated_ngrams
+from vlm.generation.config import GenerationConfig, SpecialTokens
+from vlm.model.packed_linear import packed_linears
 
 __all__ = ["GenerationConfig", "SpecialTokens", "generate"]
 
@@ -106,8 +106,8 @@ def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = No
 
     ``tokens`` is the model's tokenizer or a ``SpecialTokens``; ``cfg`` defaults to greedy decoding.
     With a tokenizer (``tokens`` itself, or ``tokenizer``) and ``cfg.block_degenerate``, degenerate
-    text is refused while decoding (``vlm.decoding_guards``); with a ``lexicon`` as well
-    (``vlm.lexicon.Lexicon``, the checkpoint's training words) no word outside it is spelled.
+    text is refused while decoding (``vlm.generation.guards``); with a ``lexicon`` as well
+    (``vlm.generation.lexicon.Lexicon``, the checkpoint's training words) no word outside it is spelled.
     """
     cfg = (cfg or GenerationConfig()).validate()
     special = SpecialTokens.of(tokens)

@@ -1,7 +1,7 @@
 """Caption decoding options, ``GenerationConfig``, and the tokenizer's ``SpecialTokens``.
 
 One dataclass holds every option with its default, help text and bounds; the API
-(``Pipeline.caption``, ``vlm.generation.generate``) takes it and ``vlm caption``'s flags are
+(``Pipeline.caption``, ``vlm.generation.decode.generate``) takes it and ``vlm caption``'s flags are
 derived from its fields (``vlm.cli.options``). Beam search with a length penalty follows Wu et al.
 2016 (GNMT), the repetition penalty CTRL (Keskar et al. 2019), nucleus sampling Holtzman et al. 2020.
 No torch import here, so building the command line stays fast.
@@ -18,7 +18,7 @@ from vlm.errors import InvalidOption
 MAX_TOKENS_LIMIT = 1024  # longest caption anyone may ask for; a model's own context is usually shorter
 MAX_BEAMS = 64  # beam search keeps beams x batch rows (and their caches) at every step
 # Past these bounds a value only says "greedy", "uniform" or "never/always repeat" with more digits: it is
-# refused, not clamped. (Decoding's arithmetic stays finite for any value anyway: vlm.generation.)
+# refused, not clamped. (Decoding's arithmetic stays finite for any value anyway: vlm.generation.decode.)
 TEMPERATURE_RANGE = (0.01, 100)  # logits are divided by it: x100 already makes sampling all but greedy
 PENALTY_RANGE = (0.1, 10)  # a seen token's logit is divided (if negative, multiplied) by it: 10x either way
 LENGTH_PENALTY_LIMIT = 10  # |exponent|: 1024 ** 10 is about 1e30, far inside a float
@@ -53,10 +53,10 @@ class GenerationConfig:
                                     low=-LENGTH_PENALTY_LIMIT, high=LENGTH_PENALTY_LIMIT)
     seed: Optional[int] = _option(None, "sampling seed, for reproducible samples", low=0, high=2**63 - 1)
     no_repeat_ngram: int = _option(0, "> 0: a token may not repeat an n-gram of this many tokens "
-                                   "(vlm.decoding_guards; 0 is off)", low=0, high=MAX_TOKENS_LIMIT)
+                                   "(vlm.generation.guards; 0 is off)", low=0, high=MAX_TOKENS_LIMIT)
     block_degenerate: bool = _option(True, "refuse degenerate text while decoding (blank runs, stutter, "
                                      "loops, words the checkpoint was not trained on; "
-                                     "vlm.decoding_guards)")
+                                     "vlm.generation.guards)")
 
     @property
     def sampling(self) -> bool:

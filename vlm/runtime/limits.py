@@ -75,7 +75,7 @@ def _human(n: float) -> str:
 def check_image_size_option(size, patch_size: int) -> int:
     """``size`` if it can be an input size (an int, a positive multiple of ``patch_size``, at most
     ``MAX_IMAGE_SIZE``); else ``InvalidOption`` naming ``image_size``. Memory is ``check_fits``'s."""
-    from vlm.config import check_image_size
+    from vlm.model.config import check_image_size
 
     if isinstance(size, bool) or not isinstance(size, int):
         raise InvalidOption("image_size", size, "must be an integer")

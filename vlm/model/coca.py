@@ -5,7 +5,7 @@ image/text pairs get the highest cosine similarity. ``CoCa`` (Yu et al. 2022)
 adds a caption decoder cross-attending to the image tokens. ``create_model``
 builds either from a ``ModelConfig``, chosen by its ``model_type`` key.
 
-``forward`` returns one typed ``ModelOutput``; the losses live in ``vlm.losses``.
+``forward`` returns one typed ``ModelOutput``; the losses live in ``vlm.training.losses``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from vlm.config import ModelConfig, get_config
-from vlm.text.decoder import CaptionDecoder
-from vlm.text.transformer import TextTransformer
-from vlm.vision.vit import VisionTransformer
+from vlm.model.config import ModelConfig, get_config
+from vlm.model.decoder import CaptionDecoder
+from vlm.model.text import TextTransformer
+from vlm.model.vit import VisionTransformer
 
 
 @dataclass

@@ -11,9 +11,9 @@ thread burns its time slice for nothing. On a 2-core machine with two busy proce
   less those other processes keep busy (the 1-minute load average), at least one.
 
 A variable the user has set is never changed, and nothing is set when torch is already imported
-(then the settings could no longer apply). ``vlm.threads.choose`` is the pure rule, tested alone.
+(then the settings could no longer apply). ``vlm.runtime.threads.choose`` is the pure rule, tested alone.
 
-    >>> from vlm.threads import configure
+    >>> from vlm.runtime.threads import configure
     >>> configure()        # in vlm.cli.main, before any subcommand imports torch
 """
 

@@ -9,7 +9,7 @@ names the directory (or file) and the reason.
 ``metadata``, what is about the checkpoint rather than the architecture
 (``CheckpointMeta``: zero-shot templates, the source it was converted from, the words of
 the training captions).
-It is read by the one config loader (``vlm.configio``): an unknown key or a
+It is read by the one config loader (``vlm.io.configio``): an unknown key or a
 value of the wrong type is refused naming the file and the key. Checkpoints
 written before the ``metadata`` key (metadata keys at the top level, e.g. the
 shipped default model) are read as well; saving writes the new layout.
@@ -27,8 +27,8 @@ from typing import Any, Optional
 
 import torch
 
-from vlm import configio
-from vlm.config import IGNORED_KEYS, ModelConfig
+from vlm.io import configio
+from vlm.model.config import IGNORED_KEYS, ModelConfig
 from vlm.errors import CheckpointError, first_line
 
 CONFIG_NAME = "config.json"
@@ -44,7 +44,7 @@ class CheckpointMeta:
     zero_shot_templates: Optional[list[str]] = None  # prompt templates for zero-shot labels, "{}" = label
     converted_from: Optional[str] = None  # the source of converted weights, e.g. "open_clip:ViT-B-32/openai"
     trained_by: Optional[str] = None  # how a classifier head was made, e.g. "vlm probe --model default (wd 0.01)"
-    caption_words: Optional[list[str]] = None  # the words of the training captions: decoding spells no other (vlm.lexicon)
+    caption_words: Optional[list[str]] = None  # the words of the training captions: decoding spells no other (vlm.generation.lexicon)
 
     def __post_init__(self) -> None:
         for t in self.zero_shot_templates or ():
@@ -72,7 +72,7 @@ def save_pretrained(model, directory, tokenizer=None, dtype: Optional[torch.dtyp
     then renamed into place; into an existing one each file is moved with ``os.replace``,
     ``config.json`` (what makes a directory a checkpoint) last. A crash leaves the old
     checkpoint or the new one, never a half-written mix."""
-    from vlm.atomic import commit_directory, fsync_tree, partial_path
+    from vlm.io.atomic import commit_directory, fsync_tree, partial_path
 
     out = Path(directory)
     meta = configio.from_dict(CheckpointMeta, dict(extra or {}), "save_pretrained(extra=...)")
@@ -189,7 +189,7 @@ def load_pretrained(directory, device: Optional[str] = None):
 
 def load_checkpoint(directory, device: Optional[str] = None) -> Checkpoint:
     """Load model (eval mode), tokenizer and metadata from a checkpoint directory."""
-    from vlm.model import create_model
+    from vlm.model.coca import create_model
 
     directory = Path(directory)
     cfg, meta = read_config(directory)
@@ -240,6 +240,10 @@ def load_checkpoint_tokenizer(directory, cfg: ModelConfig):
 
 
 def _version() -> str:
-    from vlm import __version__
+    """The installed vlm's version (the package metadata pip wrote), without importing ``vlm``."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("vlm")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlm.model import ModelOutput
+from vlm.model.coca import ModelOutput
 
 
 def _batch_sizes(x: Tensor) -> list[int]:

@@ -5,9 +5,9 @@ a ``TextConfig`` (the contrastive text transformer) and, for CoCa, a
 ``DecoderConfig`` (the caption decoder). ``model_type`` names the class to build
 ("clip": image and text towers only; "coca": plus the caption decoder).
 
-Named architectures live as JSON files in ``vlm/model_configs/``;
+Named architectures live as JSON files in ``vlm/model/model_configs/``;
 ``list_configs()`` lists them and ``get_config(name)`` loads one. Every dict
-becomes a config through the one typed loader, ``vlm.configio`` (strict keys,
+becomes a config through the one typed loader, ``vlm.io.configio`` (strict keys,
 errors naming the file and the dotted key); ``ModelConfig.validate`` holds every
 rule of a model config once, and ``check_image_size`` the one rule for input
 sizes. ``PreprocessConfig`` is the one description of preprocessing: the model
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from vlm import configio
+from vlm.io import configio
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 IGNORED_KEYS = ("name", "description")  # documentation keys of the JSON files in model_configs/
@@ -233,7 +233,7 @@ def _check_tower(cfg, where: str, counts: tuple[str, ...]) -> None:
 
 
 def list_configs() -> list[str]:
-    """Names of the architectures shipped in ``vlm/model_configs``."""
+    """Names of the architectures shipped in ``vlm/model/model_configs``."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 

@@ -10,7 +10,7 @@ models) roughly halves the time of a decoding step. The packed product computes
 the same sums in a different blocking: results agree with ``F.linear`` to float
 rounding (~1e-6 relative).
 
-Used by ``vlm.generation``; a no-op on GPUs, for non-float32 weights or when the
+Used by ``vlm.generation.decode``; a no-op on GPUs, for non-float32 weights or when the
 PyTorch build has no MKL.
 
     >>> with packed_linears([model.text.transformer, model.decoder], rows=8):

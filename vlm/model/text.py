@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from vlm.config import TextConfig
-from vlm.layers import KVCache, Transformer
+from vlm.model.config import TextConfig
+from vlm.model.layers import KVCache, Transformer
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from vlm.config import DecoderConfig
-from vlm.layers import Block, CrossBlock, KVCache
+from vlm.model.config import DecoderConfig
+from vlm.model.layers import Block, CrossBlock, KVCache
 
 
 class DecoderLayer(nn.Module):

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlm.config import VisionConfig, check_image_size
-from vlm.layers import Attention, Transformer
+from vlm.model.config import VisionConfig, check_image_size
+from vlm.model.layers import Attention, Transformer
 
 
 @dataclass

@@ -46,9 +46,9 @@ degenerate, not what is good: sampling at a high temperature (or with a repetiti
 or ends mid-phrase. None of the 28,266 distinct captions the shapes generator writes for 20,000
 scenes is refused at any prefix.
 
-With a word list (``vlm.lexicon.Lexicon``, from a checkpoint's ``caption_words``), a token that
+With a word list (``vlm.generation.lexicon.Lexicon``, from a checkpoint's ``caption_words``), a token that
 would spell a word outside the list is refused too, and a caption stopped mid-word loses the
-unfinished word (``vlm.generation``).
+unfinished word (``vlm.generation.decode``).
 
 A guard acts only when the model's own choice is degenerate, so captions that are already clean
 (the default model on shapes scenes) come out unchanged.
@@ -165,7 +165,7 @@ class DegenerationGuard:
 
     def __init__(self, tokenizer, eot_id: Optional[int] = None, pad_id: Optional[int] = None, lexicon=None):
         self.decode: Callable[[list[int]], str] = tokenizer.decode
-        self.lexicon = lexicon  # a vlm.lexicon.Lexicon: words stay within the model's training words
+        self.lexicon = lexicon  # a vlm.generation.lexicon.Lexicon: words stay within the model's training words
         self.eot_id = tokenizer.eot_id if eot_id is None else eot_id
         self.pad_id = getattr(tokenizer, "pad_id", 0) if pad_id is None else pad_id
         unk = getattr(tokenizer, "unk_id", None)

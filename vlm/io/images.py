@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# The one preprocessing dataclass is the model config's preprocess section (vlm.config).
-from vlm.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESIZE_MODES, PreprocessConfig  # noqa: F401
+# The one preprocessing dataclass is the model config's preprocess section (vlm.model.config).
+from vlm.model.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESIZE_MODES, PreprocessConfig  # noqa: F401
 from vlm.errors import ImageLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
