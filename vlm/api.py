@@ -83,7 +83,8 @@ class Pipeline(ImageBatches):
     - ``similarity``: that image's row is NaN; ``load_images(images, on_error="return")`` gives the reasons.
     """
 
-    ood_notice = None  # a vlm.trust.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors
+    ood_notice = None  # a vlm.trust.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors:
+    # each call is one run (one notice counting every image); ``with pipe.ood_run():`` makes several calls one run
 
     def __init__(self, model, tokenizer, preprocess, device: torch.device, name: str = "",
                  templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -136,21 +137,32 @@ class Pipeline(ImageBatches):
         return self._tensor(self.load_images(images))
 
     def _tensor(self, pil: list) -> torch.Tensor:
-        """(B, 3, S, S) model input of loaded images; the out-of-distribution notice looks at it."""
+        """(B, 3, S, S) model input of loaded images."""
         from vlm.io.images import preprocess_batch
 
-        x = preprocess_batch(pil, self.preprocess_cfg).to(self.device)
-        if self.ood_notice is not None:  # warns once when images are far from the training data (vlm.trust.ood)
-            self.ood_notice(self.model, x)
-        return x
+        return preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+
+    def ood_flags(self, x: torch.Tensor) -> list:
+        """Per image of ``x``: far from the training data (True/False), counted into the run; None without a profile."""
+        return self.ood_notice(self.model, x) if self.ood_notice is not None else [None] * x.shape[0]
+
+    def ood_run(self):
+        """A context in which every call is one run: one out-of-distribution notice at its end."""
+        import contextlib
+
+        return self.ood_notice.run() if self.ood_notice is not None else contextlib.nullcontext()
 
     @torch.inference_mode()
     def encode_images(self, images) -> torch.Tensor:
         """(N, E) L2-normalised image embeddings."""
         from vlm.io.images import as_image_list
 
-        rows = [self.model.encode_image(self.images_to_tensor(batch)).float()
-                for batch in _chunks(as_image_list(images), self.batch_size)]
+        rows = []
+        with self.ood_run():
+            for batch in _chunks(as_image_list(images), self.batch_size):
+                x = self.images_to_tensor(batch)
+                self.ood_flags(x)
+                rows.append(self.model.encode_image(x).float())
         return torch.cat(rows) if rows else torch.empty(0, self.model.cfg.embed_dim, device=self.device)
 
     @torch.inference_mode()
@@ -179,17 +191,21 @@ class Pipeline(ImageBatches):
         """One caption per image: greedy, beam search (``beams`` > 1) or sampling (``top_p`` / ``top_k``).
 
         ``config`` is a ``vlm.generation.GenerationConfig``; keyword ``options`` set its fields
-        (``caption(imgs, beams=3, max_tokens=20)``)."""
+        (``caption(imgs, beams=3, max_tokens=20)``). Each caption is a ``vlm.trust.results.Caption``
+        (a str) whose ``.ood`` says whether the image looks far from the training data."""
         from vlm.generation.decode import generate
+        from vlm.trust.results import Caption
 
         cfg = self.generation_config(config, **options)
         tok = self.tokenizer
         results: list = []
-        for pil, where, results in self._batches(images, on_error):
-            if pil:
-                x = self._tensor(pil)
-                for n, row in zip(where, generate(self.model, x, tok, cfg, lexicon=self.lexicon)):
-                    results[n] = tok.decode(row).strip()
+        with self.ood_run():
+            for pil, where, results in self._batches(images, on_error):
+                if pil:
+                    x = self._tensor(pil)
+                    rows = generate(self.model, x, tok, cfg, lexicon=self.lexicon)
+                    for n, row, far in zip(where, rows, self.ood_flags(x)):
+                        results[n] = Caption(tok.decode(row).strip(), far)
         return results
 
     def label_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
@@ -208,8 +224,10 @@ class Pipeline(ImageBatches):
     def classify(self, images, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
                  top_k: int = 5, label_embeds: Optional[torch.Tensor] = None, *,
                  on_error: str = "raise") -> list:
-        """Zero-shot top-k (label, probability) per image; labels follow ``vlm.classify.prompts.check_labels``."""
+        """Zero-shot top-k (label, probability) per image, a ``vlm.trust.results.TopLabels`` list with
+        ``.ood`` as for ``caption``; labels follow ``vlm.classify.prompts.check_labels``."""
         from vlm.classify.prompts import check_labels
+        from vlm.trust.results import TopLabels
 
         labels = check_labels(labels)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -220,14 +238,16 @@ class Pipeline(ImageBatches):
             raise UsageError(f"label_embeds: {label_embeds.shape[0]} rows for {len(labels)} labels")
         scale = self.model.logit_scale.exp().float()
         results: list = []
-        for pil, where, results in self._batches(images, on_error):
-            if not pil:
-                continue
-            img = self.model.encode_image(self._tensor(pil)).float()
-            probs = (scale * img @ label_embeds.t()).softmax(dim=-1)  # (N, C)
-            p, idx = probs.topk(min(top_k, len(labels)), dim=-1)
-            for n, pr, ix in zip(where, p.tolist(), idx.tolist()):
-                results[n] = [(labels[j], float(q)) for q, j in zip(pr, ix)]
+        with self.ood_run():
+            for pil, where, results in self._batches(images, on_error):
+                if not pil:
+                    continue
+                x = self._tensor(pil)
+                img = self.model.encode_image(x).float()
+                probs = (scale * img @ label_embeds.t()).softmax(dim=-1)  # (N, C)
+                p, idx = probs.topk(min(top_k, len(labels)), dim=-1)
+                for n, pr, ix, far in zip(where, p.tolist(), idx.tolist(), self.ood_flags(x)):
+                    results[n] = TopLabels([(labels[j], float(q)) for q, j in zip(pr, ix)], far)
         return results
 
     @torch.no_grad()  # not inference mode: callers use the matrix in their own autograd-tracked arithmetic
@@ -238,12 +258,14 @@ class Pipeline(ImageBatches):
             raise UsageError("texts: empty text list: give at least one text")
         text_embeds = self.encode_texts(texts)
         rows = None
-        for pil, where, results in self._batches(images, on_error):
-            if rows is None:  # a failed image keeps a NaN row
-                rows = torch.full((len(results), len(texts)), float("nan"), device=self.device)
-            if pil:
-                img = self.model.encode_image(self._tensor(pil)).float()
-                rows[where] = img @ text_embeds.t()
+        with self.ood_run():
+            for pil, where, results in self._batches(images, on_error):
+                if rows is None:  # a failed image keeps a NaN row
+                    rows = torch.full((len(results), len(texts)), float("nan"), device=self.device)
+                if pil:
+                    x = self._tensor(pil)
+                    self.ood_flags(x)
+                    rows[where] = self.model.encode_image(x).float() @ text_embeds.t()
         return rows if rows is not None else torch.empty(0, len(texts), device=self.device)
 
 
@@ -319,5 +341,6 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     if directory:
         from vlm.trust.ood import OODCheck, OODNotice
 
-        pipe.ood_notice = OODNotice(OODCheck.for_checkpoint(directory), pipe.name)
+        check = OODCheck.for_checkpoint(directory)
+        pipe.ood_notice = OODNotice(check, pipe.name) if check is not None else None
     return pipe

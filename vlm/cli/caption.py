@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from vlm.cli.common import Parser, Reporter, add_model_args, iter_batches, load_pipeline
+from vlm.cli.common import Parser, Reporter, add_model_args, iter_batches, load_pipeline, with_ood
 
 
 def build_parser() -> Parser:
@@ -31,13 +31,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     pipe = load_pipeline(args)
     gen = pipe.generation_config(gen)  # a model without a decoder, or beams x batch too large, fails here
     out = Reporter(args.json, "caption")
-    for batch in iter_batches(args.inputs, args.batch_size):
-        good = [it for it in batch if it.error is None]
-        captions = iter(pipe.caption([it.image for it in good], gen) if good else [])
-        for it in batch:
-            if it.error is not None:
-                out.error(it)
-            else:
-                cap = next(captions)
-                out.result({"image": it.source, "caption": cap}, f"{it.source}: {cap}")
+    with pipe.ood_run():  # one out-of-distribution notice for the whole run, counting every image
+        for batch in iter_batches(args.inputs, args.batch_size):
+            good = [it for it in batch if it.error is None]
+            captions = iter(pipe.caption([it.image for it in good], gen) if good else [])
+            for it in batch:
+                if it.error is not None:
+                    out.error(it)
+                else:
+                    cap = next(captions)
+                    out.result(with_ood({"image": it.source, "caption": str(cap)}, cap), f"{it.source}: {cap}")
     return out.exit_code

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from vlm.cli.common import Parser, Reporter, add_model_args, iter_batches, load_pipeline
+from vlm.cli.common import Parser, Reporter, add_model_args, iter_batches, load_pipeline, with_ood
 from vlm.errors import UsageError
 
 
@@ -81,15 +81,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "(only a classifier checkpoint does)")
     label_embeds = pipe.label_embeddings(labels, args.template)
     out = Reporter(args.json, "classify")
-    for batch in iter_batches(args.inputs, args.batch_size):
-        good = [it for it in batch if it.error is None]
-        results = iter(pipe.classify([it.image for it in good], labels, top_k=args.top_k,
-                                     label_embeds=label_embeds) if good else [])
-        for it in batch:
-            if it.error is not None:
-                out.error(it)
-                continue
-            top = next(results)
-            text = f"{it.source}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top)
-            out.result({"image": it.source, "top": [{"label": l, "prob": p} for l, p in top]}, text)
+    with pipe.ood_run():  # one out-of-distribution notice for the whole run, counting every image
+        for batch in iter_batches(args.inputs, args.batch_size):
+            good = [it for it in batch if it.error is None]
+            results = iter(pipe.classify([it.image for it in good], labels, top_k=args.top_k,
+                                         label_embeds=label_embeds) if good else [])
+            for it in batch:
+                if it.error is not None:
+                    out.error(it)
+                    continue
+                top = next(results)
+                text = f"{it.source}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top)
+                out.result(with_ood({"image": it.source, "top": [{"label": l, "prob": p} for l, p in top]}, top),
+                           text)
     return out.exit_code

@@ -89,6 +89,15 @@ def iter_batches(inputs: Sequence[str], batch_size: int, progress: bool = True) 
         bar.close()
 
 
+def with_ood(obj: dict, result) -> dict:
+    """``obj`` with ``"ood": true|false`` when the result carries the flag (models with an
+    out-of-distribution profile, vlm.trust.ood); unchanged otherwise."""
+    far = getattr(result, "ood", None)
+    if far is not None:
+        obj["ood"] = bool(far)
+    return obj
+
+
 class Reporter:
     """Prints results and errors; counts failures for the exit status.
 
