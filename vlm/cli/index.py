@@ -60,9 +60,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         print(json.dumps({"index": str(args.out), "count": report.count, "embedded": report.embedded,
                           "reused": report.reused, "skipped": len(report.skipped),
-                          "images_per_second": round(report.images_per_second, 2), "faiss": info}))
+                          "images_per_second": round(report.images_per_second, 2), "faiss": info,
+                          **({"ood": report.far} if report.far is not None else {})}))
     else:
+        far = f", {report.far} far from the model's training data" if report.far is not None else ""
         print(f"{args.out}: {report.count} images ({report.embedded} embedded, {report.reused} unchanged, "
-              f"{len(report.skipped)} skipped); {info['type']} index, recall@10 {info['recall_at_10']:.3f}; "
+              f"{len(report.skipped)} skipped{far}); {info['type']} index, recall@10 {info['recall_at_10']:.3f}; "
               f"{report.images_per_second:.1f} images/s")
     return 1 if report.skipped or report.source_errors else 0

@@ -42,6 +42,7 @@ class BuildReport:
     source_errors: list[str] = field(default_factory=list)  # "SOURCE: reason" for sources with no image
     seconds: float = 0.0  # embedding time of this process
     index: dict = field(default_factory=dict)  # what index.json says about the faiss index
+    far: Optional[int] = None  # rows flagged far from the model's training data (None: the model has no profile)
 
     @property
     def images_per_second(self) -> float:
@@ -188,16 +189,33 @@ def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] =
     report = BuildReport(count=0, embedded=len(todo) - len(bad), reused=len(live), skipped=sorted(bad),
                          source_errors=gathered.errors, seconds=seconds)
     if dist.is_main:
-        report.count, report.index = _commit(out, current, name, fp, index_type, memory_budget, precision)
+        report.count, report.index, flags = _commit(out, current, name, fp, index_type, memory_budget, precision)
+        notice = getattr(pipeline, "ood_notice", None)
+        if notice is not None:
+            report.far = _ood_notice(notice, flags)
     else:
         report.count = len(live) + report.embedded
     dist.barrier()
     return report
 
 
+def _ood_notice(notice, flags: list) -> int:
+    """Rows flagged far from the training data; one OutOfDistributionWarning "N of M images ..." for them.
+    Rows written before the flag existed (null) count as not flagged and are named in ``M``."""
+    import warnings
+
+    from vlm.trust.ood import OutOfDistributionWarning
+
+    far = sum(bool(f) for f in flags)
+    if far:
+        warnings.warn(OutOfDistributionWarning(notice.name, notice.check.about, far, len(flags)), stacklevel=3)
+    return far
+
+
 def _commit(out: Path, current: dict, name: str, fp: str, index_type: str, budget: int,
-            precision: str) -> tuple[int, dict]:
-    """Write rows, faiss index and index.json for every live row; delete shards nobody uses."""
+            precision: str) -> tuple[int, dict, list]:
+    """Write rows, faiss index and index.json for every live row; delete shards nobody uses.
+    Returns (rows, faiss info, the rows' ood flags)."""
     live = _live_rows(out, current)
     keys = sorted(live)
     if not keys:
@@ -221,8 +239,7 @@ def _commit(out: Path, current: dict, name: str, fp: str, index_type: str, budge
     build_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     rows_name, index_name = f"rows-{build_id}.parquet", f"index-{build_id}.faiss"
     meta = [live[k][2] for k in keys]
-    columns = {c: [m[c] for m in meta] for c in ("path", "size", "mtime", "width", "height", "caption")}
-    columns["shard"] = [live[k][0] for k in keys]
+    columns = {"shard": [live[k][0] for k in keys]}
     columns["offset"] = [live[k][1] for k in keys]
     from vlm.index.store import atomic_write, meta_columns
 
@@ -247,4 +264,4 @@ def _commit(out: Path, current: dict, name: str, fp: str, index_type: str, budge
         if shard.name not in by_shard:
             shard.parquet.unlink(missing_ok=True)  # metadata first: the shard stops existing
             shard.npy.unlink(missing_ok=True)
-    return len(keys), info
+    return len(keys), info, [m.get("ood") for m in meta]

@@ -147,11 +147,13 @@ def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: Shard
                 emb = torch.nn.functional.normalize(emb.float(), dim=-1)  # normalised in float32
                 vectors = emb.cpu().numpy()  # (B, E)
                 texts = _captions(pipe, x, gen_cfg) if gen_cfg is not None else [None] * len(vectors)
+                notice = getattr(pipe, "ood_notice", None)  # counted by the build over the whole index
+                far = notice.check.far(pipe.model, x).tolist() if notice is not None else [None] * len(vectors)
                 rows = []
-                for (i, w, h), text in zip(batch["ok"], texts):
+                for (i, w, h), text, ood in zip(batch["ok"], texts, far):
                     rec = records[i]
                     rows.append({"path": rec.key, "size": rec.size, "mtime": rec.mtime, "width": w, "height": h,
-                                 "caption": rec.caption if rec.caption is not None else text})
+                                 "caption": rec.caption if rec.caption is not None else text, "ood": ood})
                 writer.add(vectors, rows)
             if bar is not None:
                 bar.update(len(batch["ok"]) + len(batch["errors"]))

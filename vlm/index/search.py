@@ -34,9 +34,13 @@ class Hit:
     rank: int  # 1 = best
     path: str  # the indexed image (absolute path, or SOURCE[row] for dataset rows)
     score: float  # cosine similarity
+    ood: Optional[bool] = None  # far from the model's training data (vlm.trust.ood); None: not known
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "path": self.path, "score": round(self.score, 6)}
+        out = {"rank": self.rank, "path": self.path, "score": round(self.score, 6)}
+        if self.ood is not None:
+            out["ood"] = self.ood
+        return out
 
 
 class Index:
@@ -47,6 +51,7 @@ class Index:
         self.faiss = faiss_index
         self.rows = rows  # column -> list, in index order
         self.paths: list[str] = rows["path"]
+        self.ood: list = rows.get("ood") or [None] * len(self.paths)  # indexes built before the flag: None
         self._row_of = {p: n for n, p in enumerate(self.paths)}
         self._pipeline = pipeline
         self._model, self._device = model, device
@@ -90,7 +95,7 @@ class Index:
         if q.shape[1] != self.info["dim"]:
             raise UsageError(f"query vectors have {q.shape[1]} dimensions; the index has {self.info['dim']}")
         scores, ids = self.faiss.search(q, min(k, len(self)))
-        return [[Hit(r + 1, self.paths[j], float(s)) for r, (s, j) in enumerate(zip(srow, jrow)) if j >= 0]
+        return [[Hit(r + 1, self.paths[j], float(s), self.ood[j]) for r, (s, j) in enumerate(zip(srow, jrow)) if j >= 0]
                 for srow, jrow in zip(scores, ids)]
 
     def search(self, text: Union[str, Sequence[str], None] = None, image=None, k: int = 10):

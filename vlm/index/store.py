@@ -5,7 +5,9 @@ nothing already committed and a reader never sees half a file.
       index.json                    the commit: model, fingerprint, dim, count, index type, recall,
                                     and the names of the two files below
       rows-BUILD.parquet            one row per image, in index order: path, size, mtime (ns),
-                                    width, height, caption, and where its vector is (shard, offset)
+                                    width, height, caption, ood (far from the model's training
+                                    data; null without a profile or in rows written before it),
+                                    and where its vector is (shard, offset)
       index-BUILD.faiss             the faiss index over those rows
       shards/gGEN-rRANK-SEQ.npy     (n, dim) float32 L2-normalised embeddings
       shards/gGEN-rRANK-SEQ.parquet the metadata of those n rows; written after the .npy, so a
@@ -29,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 SHARD_RE = re.compile(r"^g(\d{5})-r(\d{3})-(\d{6})$")
-META_COLUMNS = ("path", "size", "mtime", "width", "height", "caption")
+META_COLUMNS = ("path", "size", "mtime", "width", "height", "caption", "ood")
 
 
 def atomic_write(path: Path, write: Callable[[object], None]) -> None:
@@ -78,8 +80,8 @@ def meta_columns(rows: list[dict]) -> dict:
     import pyarrow as pa
 
     types = {"path": pa.string(), "size": pa.int64(), "mtime": pa.int64(), "width": pa.int32(),
-             "height": pa.int32(), "caption": pa.string()}
-    return {c: pa.array([r[c] for r in rows], type=types[c]) for c in META_COLUMNS}
+             "height": pa.int32(), "caption": pa.string(), "ood": pa.bool_()}
+    return {c: pa.array([r.get(c) for r in rows], type=types[c]) for c in META_COLUMNS}  # shards before "ood": null
 
 
 @dataclass(frozen=True)
