@@ -66,7 +66,7 @@ class OODCheck:
         path = Path(directory) / FILE if directory else None
         if path is None or not path.is_file():
             return None
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -75,7 +75,7 @@ class OODCheck:
             info = json.loads(meta.get("calibration", "{}"))
             check = cls(mean.float(), whiten.float(), float(info["threshold"]), int(info["image_size"]),
                         str(info.get("about", "its training data")), str(info.get("feature_kind", FEATURES[1])))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
             raise ModelError(f"{path}: not an out-of-distribution profile ({type(e).__name__}: {e})") from None
         if check.feature not in FEATURES:
             raise ModelError(f"{path}: feature {check.feature!r} is not one of {', '.join(FEATURES)}")
