@@ -68,7 +68,8 @@ def test_on_error_return_keeps_good_results_and_reports_bad_ones(pipe, sample_im
         sim = pipe.similarity([good, trunc, good], ["a red image", "a cat"], on_error="return")
     finally:
         pipe.batch_size = 16
-    assert [type(c) for c in caps] == [str, ImageLoadError, str, ImageLoadError, str]
+    assert [isinstance(c, str) for c in caps] == [True, False, True, False, True]  # a Caption is a str
+    assert [type(c) for c in caps][1::2] == [ImageLoadError, ImageLoadError]
     assert caps[0] == caps[2] == caps[4]
     assert caps[1].source == missing and "no such file" in caps[1].reason
     assert caps[3].source == trunc and "truncated" in caps[3].reason

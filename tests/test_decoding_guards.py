@@ -264,10 +264,11 @@ def test_out_of_distribution_warning_in_the_api(default, photos, shapes):
         pipe.classify(shapes[100:], ["red star", "blue circle"])
         assert not caught
         pipe.caption([photos / "cat.png"])
-        pipe.caption([photos / "coffee.png", photos / "pink_noise.png"])  # said once per pipeline
-    ood = [w for w in caught if issubclass(w.category, OutOfDistributionWarning)]
-    assert len(ood) == 1 and "--" not in str(ood[0].message)  # no CLI flag names in the API
+        pipe.caption([photos / "coffee.png", photos / "pink_noise.png"])  # said once per call, every image counted
+    ood = [str(w.message) for w in caught if issubclass(w.category, OutOfDistributionWarning)]
+    assert len(ood) == 2 and not any("--" in m for m in ood)  # no CLI flag names in the API
+    assert ood[0].startswith("1 of 1 images") and ood[1].startswith("2 of 2 images")
     check = OODCheck.for_checkpoint(REPO / "vlm" / "pretrained" / "default")
     d_in = check.distances(default.model, default.images_to_tensor(shapes))
     d_out = check.distances(default.model, default.images_to_tensor(sorted(photos.iterdir())))
-    assert d_in.max() < check.threshold < d_out.min()
+    assert int((d_in > check.threshold).sum()) <= 2 and check.threshold < d_out.min()  # <= 1% of 200 scenes

@@ -99,7 +99,7 @@ def test_index_stores_ood_and_search_returns_it(photos, tmp_path):
     out = tmp_path / "idx"
     r = run_vlm("index", photos[0], photos[2], *EXAMPLES, "--out", out)
     assert r.returncode == 0, r.stderr
-    assert "2 far from the model's training data" in r.stdout, r.stdout
+    assert r.stdout.rstrip().endswith("images/s; 2 look far from the model's training data"), r.stdout
     notes = [line for line in r.stderr.splitlines() if "note:" in line]
     assert len(notes) == 1 and "2 of 6 images look far" in notes[0], r.stderr
     import pyarrow.parquet as pq

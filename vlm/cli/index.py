@@ -63,8 +63,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                           "images_per_second": round(report.images_per_second, 2), "faiss": info,
                           **({"ood": report.far} if report.far is not None else {})}))
     else:
-        far = f", {report.far} far from the model's training data" if report.far is not None else ""
+        far = f"; {report.far} look far from the model's training data" if report.far is not None else ""
         print(f"{args.out}: {report.count} images ({report.embedded} embedded, {report.reused} unchanged, "
-              f"{len(report.skipped)} skipped{far}); {info['type']} index, recall@10 {info['recall_at_10']:.3f}; "
-              f"{report.images_per_second:.1f} images/s")
+              f"{len(report.skipped)} skipped); {info['type']} index, recall@10 {info['recall_at_10']:.3f}; "
+              f"{report.images_per_second:.1f} images/s{far}")
     return 1 if report.skipped or report.source_errors else 0
