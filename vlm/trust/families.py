@@ -11,7 +11,8 @@ Procedural families (``FAMILIES``; each image depends only on ``(family, seed, i
 Each image is made at a random size (48..256 px), and a quarter of them are then blurred, cropped or
 JPEG-compressed, so the family is not one scale or one codec. ``packaged_photos()`` gathers the
 real photos and scans that ship inside scikit-image (``skimage.data``), matplotlib
-(``sample_data``) and scikit-learn (``load_sample_images``) when they are installed.
+(``sample_data``) and scikit-learn (``load_sample_images``) when they are installed;
+``harder_variants()`` makes grey, tiny, blurred, cropped, compressed and faded copies of them.
 """
 
 from __future__ import annotations
@@ -136,6 +137,25 @@ def family_images(name: str, n: int, seed: int) -> list[Image.Image]:
         img = Image.fromarray(make(rng, int(rng.integers(48, 257))), "RGB")
         out.append(variant(img, rng) if rng.random() < 0.25 else img)
     return out
+
+
+def harder_variants(images: list[Image.Image]) -> dict[str, list[Image.Image]]:
+    """Each image made harder to tell from a shapes scene: grey, 32 px, blurred, a 30% centre crop
+    (mostly one surface), JPEG quality 10, 70% faded to grey."""
+
+    def crop(img):
+        w, h = img.size
+        return img.crop((int(w * 0.35), int(h * 0.35), int(w * 0.65), int(h * 0.65)))
+
+    def jpeg(img):
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "JPEG", quality=10)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    make = {"grey": lambda i: i.convert("L").convert("RGB"), "32px": lambda i: i.resize((32, 32)),
+            "blur": lambda i: i.filter(ImageFilter.GaussianBlur(3)), "crop30": crop, "jpeg10": jpeg,
+            "faded": lambda i: Image.blend(i.convert("RGB"), Image.new("RGB", i.size, (128, 128, 128)), 0.7)}
+    return {name: [f(img) for img in images] for name, f in make.items()}
 
 
 def packaged_photos() -> dict[str, list[Image.Image]]:
