@@ -140,3 +140,10 @@ def test_a_checkpoint_without_a_profile_has_no_flag_and_a_damaged_one_is_refused
     (bare / "ood.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelError, match="ood.safetensors: not an out-of-distribution profile"):
         vlm.load(str(bare), device="cpu")
+
+
+def test_similarity_gives_one_notice_for_the_run(photos):
+    r = run_vlm("similarity", "--images", *photos[:3], *EXAMPLES[:1], "--texts", "a red star", "--batch-size", "1")
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "3 of 4 images look far" in notes[0], r.stderr

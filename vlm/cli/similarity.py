@@ -68,15 +68,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     text_embeds = pipe.encode_texts(texts)
     out = Reporter(args.json, "similarity", json_errors=False)  # the JSON output is one object
     sources, images, rows = [], [], []
-    for batch in iter_batches(args.images, args.batch_size):
-        good = [it for it in batch if it.error is None]
-        for it in batch:
-            if it.error is not None:
-                out.error(it)
-        if good:
-            rows.append(pipe.encode_images([it.image for it in good]) @ text_embeds.t())
-            sources += [it.source for it in good]
-            images += [it.image for it in good] if args.plot else []
+    with pipe.ood_run():  # one out-of-distribution notice for the whole run, counting every image
+        for batch in iter_batches(args.images, args.batch_size):
+            good = [it for it in batch if it.error is None]
+            for it in batch:
+                if it.error is not None:
+                    out.error(it)
+            if good:
+                rows.append(pipe.encode_images([it.image for it in good]) @ text_embeds.t())
+                sources += [it.source for it in good]
+                images += [it.image for it in good] if args.plot else []
     cosine = [r for block in rows for r in block.tolist()]
     if args.json:
         print(json.dumps({"images": sources, "texts": texts, "cosine": cosine}))

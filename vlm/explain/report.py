@@ -84,8 +84,9 @@ def explain_image(pipe, image, out_dir, text: Optional[str] = None, filters: str
     vcfg = model.cfg.vision
     P = vcfg.patch_size
     x = pipe.images_to_tensor([image])  # (1, 3, S, S)
-    with pipe.ood_run():  # the out-of-distribution notice, as caption gives it
-        pipe.ood_flags(x)
+    if text is not None or not pipe.can_caption:  # else the caption below gives the out-of-distribution notice
+        with pipe.ood_run():
+            pipe.ood_flags(x)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
