@@ -69,7 +69,7 @@ def test_notice_counts_every_image_once_per_run_at_any_batch_size(photos):
     assert len(notes) == 1 and want in notes[0], r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["ood"] for row in rows] == [True] * 5 + [False] * 4
-    for size in ("1", "16"):
+    for size in ("1",):  # caption above at 2, the index below in one batch
         r = run_vlm("classify", *inputs, "--labels", "red star,blue circle", "--batch-size", size, "--json")
         assert r.returncode == 0, r.stderr
         notes = [line for line in r.stderr.splitlines() if "note:" in line]
