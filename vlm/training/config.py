@@ -73,6 +73,7 @@ class TrainConfig:
     pos_embed_init: str = "random"  # random (the model's own init) | sincos (2-D sine-cosine)
     freeze: list[str] = field(default_factory=list)  # towers to freeze: visual | text | decoder
     grad_checkpointing: bool = False
+    fsdp: bool = False  # shard weights, gradients, optimizer state (Accelerate FSDP2, full shard; GPUs only)
     # data
     data: DataConfig = field(default_factory=DataConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)  # task=classify: head, layer decay...

@@ -16,6 +16,8 @@ into exit status 1 and adds a traceback (``CalledProcessError``; with ``--multi_
   exit 2), as is ``--multi_gpu`` on a machine without GPUs;
 - the children's exit status is passed on (0 done, 1 failed, 2 bad config or data; 128+N for a
   child killed by signal N), from the first process that failed, with no launcher report;
+- ``--use_fsdp`` (or ``fsdp=true``) where only CPUs train is refused in one line: Accelerate 1.16
+  runs FSDP on GPUs only (``vlm.training.fsdp``);
 - ``--cpu --num_processes N`` (N > 1) starts N gloo processes (``accelerate launch --cpu`` starts
   one), as ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu`` does;
 - the children stop when this process dies (``vlm.training.parent_watch``); Ctrl-C stops them
@@ -97,6 +99,10 @@ def prepare(args) -> None:
     from accelerate.commands.config import default_config_file
 
     cpu_env = _truthy(os.environ.get("ACCELERATE_USE_CPU"))
+    if getattr(args, "use_fsdp", False) and (args.cpu or cpu_env or not _accelerator_available()):
+        from vlm.training.fsdp import cpu_launch_error
+
+        raise cpu_launch_error("no GPU for it here")
     if args.cpu and (args.num_processes or 1) > 1:
         args.cpu, args.multi_gpu = False, True
         os.environ["ACCELERATE_USE_CPU"] = "1"

@@ -50,12 +50,22 @@ def _accelerator(cfg, out: Path):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
-        log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        # dispatch_batches=False: every process reads a stream and keeps its share of the batches
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
-                                                  dispatch_batches=False))
+    from vlm.training import fsdp
+
+    try:
+        accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+            # dispatch_batches=False: every process reads a stream and keeps its share of the batches
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
+                                                      dispatch_batches=False),
+            fsdp_plugin=fsdp.plugin() if cfg.fsdp else None)  # None: Accelerate's own (--use_fsdp) if any
+    except RuntimeError as e:  # Accelerate's FSDP plugin refuses the CPU (accelerate launch --use_fsdp)
+        if "FSDP" in str(e) and fsdp.wanted(cfg):
+            raise fsdp.cpu_launch_error(first_line(e)) from None
+        raise
+    fsdp.check_enabled(accelerator, cfg)  # asked for but not running: one line, not a silent DDP run
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > accelerator.num_processes:  # torchrun started N copies that would not talk to each other
         raise UsageError(f"WORLD_SIZE={launched}: {launched} processes were launched but Accelerate found no "
@@ -123,6 +133,7 @@ def _announce(accelerator, task: Task) -> None:
         precision = f"{precision} unavailable on {accelerator.device.type}, training in float32 (bf16 works on CPUs)"
     facts = "".join(f", {k} {v}" for k, v in task.metadata().items())
     n = accelerator.num_processes  # with more than one, how they are joined: MULTI_CPU, MULTI_GPU, FSDP, ...
-    processes = "1 process" if n == 1 else f"{n} processes, {accelerator.distributed_type.value}"
+    kind = accelerator.distributed_type.value
+    processes = f"{n} process{'es' if n > 1 else ''}" + (f", {kind}" if n > 1 or kind == "FSDP" else "")
     accelerator.print(f"{processes}, device {accelerator.device.type}, mixed precision {precision}, "
                       f"task {task.name}{facts}")

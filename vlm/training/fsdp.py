@@ -1,0 +1,65 @@
+"""FSDP for training (``fsdp: true``): Accelerate's ``FullyShardedDataParallelPlugin``, and the
+check that Accelerate really turned it on.
+
+Fully sharded data parallelism (Zhao et al. 2023, PyTorch FSDP) keeps 1/N of every weight,
+gradient and optimizer state on each of N processes and gathers a layer's weights just before
+it runs. vlm uses FSDP2 (``torch.distributed.fsdp.fully_shard``) through Accelerate, with the
+full-shard strategy (weights freed again after the forward), one shard unit per transformer
+block (``Block``, ``CrossBlock``) plus the root, and sharded checkpoints
+(``save_state``/``load_state`` write ``torch.distributed.checkpoint`` folders). Exports gather
+the full weights with ``accelerator.get_state_dict`` (``vlm.training.export``).
+
+Accelerate 1.16 enables FSDP only on accelerators (GPUs and the like): on CPU processes it
+keeps ``MULTI_CPU`` (plain DDP) and drops the plugin without a word, and
+``accelerate launch --use_fsdp`` on CPU stops with "FSDP parameter initialization with
+`sync_module_states=True` is not supported on cpu." ``check_enabled`` turns both into one line.
+
+    vlm train --config configs/micro.yaml fsdp=true --multi_gpu --num_processes 2
+"""
+
+from __future__ import annotations
+
+import os
+
+from vlm.errors import UsageError
+
+WRAP = ["Block", "CrossBlock"]  # vlm.model.layers: one FSDP unit per transformer block
+CPU_REASON = "Accelerate {version} runs FSDP on GPUs only (on CPU processes it would train with plain DDP)"
+
+
+def plugin():
+    """The FSDP plugin vlm trains with: FSDP2, full shard, per-block units, sharded checkpoints."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2, reshard_after_forward=True,  # FULL_SHARD: parameters resharded after the forward
+        auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=list(WRAP),
+        state_dict_type="SHARDED_STATE_DICT")
+
+
+def wanted(cfg) -> bool:
+    """FSDP asked for by the training config or by ``accelerate launch --use_fsdp``."""
+    return bool(cfg.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def check_enabled(accelerator, cfg) -> None:
+    """A ``UsageError`` when FSDP was asked for but Accelerate runs something else."""
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    if not wanted(cfg) or accelerator.distributed_type == DistributedType.FSDP:
+        return
+    what = "fsdp=true" if cfg.fsdp else "--use_fsdp"
+    if accelerator.device.type == "cpu":
+        raise UsageError(f"{what}: {CPU_REASON.format(version=accelerate.__version__)}; "
+                         f"train on CPUs without FSDP (distributed type {accelerator.distributed_type.value})")
+    raise UsageError(f"{what}: Accelerate did not enable FSDP (distributed type "
+                     f"{accelerator.distributed_type.value}); launch with vlm train ... --multi_gpu "
+                     f"--num_processes N (N >= 1)")
+
+
+def cpu_launch_error(message: str) -> UsageError:
+    """Accelerate's own refusal of FSDP on CPU (``--use_fsdp`` with ``ACCELERATE_USE_CPU=1``) as one line."""
+    import accelerate
+
+    return UsageError(f"--use_fsdp: {CPU_REASON.format(version=accelerate.__version__)}: {message}")
