@@ -327,8 +327,9 @@ t = time.perf_counter()
 code = main(sys.argv[1:])
 peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \\
     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("GPU_CHECK " + json.dumps({"rank": os.environ.get("RANK", "0"), "code": code,
-                                 "seconds": time.perf_counter() - t, "peak_memory_bytes": peak}), flush=True)
+# one file per process: lines that several processes print to one pipe can interleave
+with open(os.environ["GPU_CHECK_REPORT"] + "." + os.environ.get("RANK", "0"), "w") as fh:
+    json.dump({"code": code, "seconds": time.perf_counter() - t, "peak_memory_bytes": peak}, fh)
 sys.exit(code)
 """
 
@@ -343,7 +344,9 @@ def _train_run(ctx, name: str, extra: list[str]) -> dict:
         port = s.getsockname()[1]
     driver = work / "train_driver.py"
     driver.write_text(DRIVER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    report = work / f"{name}-{time.monotonic_ns()}.report"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "GPU_CHECK_REPORT": str(report)}
     env.pop("ACCELERATE_USE_FSDP", None)
     if ctx["device"].type == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"
@@ -355,7 +358,7 @@ def _train_run(ctx, name: str, extra: list[str]) -> dict:
            "data.batch_size=8", "lr=3e-3", *extra]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    ranks = [json.loads(line.split(" ", 1)[1]) for line in r.stdout.splitlines() if line.startswith("GPU_CHECK ")]
+    ranks = [json.loads(p.read_text()) for p in sorted(work.glob(report.name + ".*"))]
     out = {"exit": r.returncode, "wall_s": time.perf_counter() - t0,
            "peak_memory_bytes": max((p["peak_memory_bytes"] for p in ranks), default=None)}
     said = [line for line in r.stdout.splitlines() if " process" in line and "device" in line]

@@ -125,3 +125,22 @@ def test_fsdp_matches_ddp_resumes_exactly_and_exports(shapes, tmp_path):
     ref = vlm.load(str(tmp_path / "ddp" / "model"))
     for (k, a), b in zip(pipe.model.state_dict().items(), ref.model.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), k
+
+
+def test_shard_units_are_the_block_classes_the_model_has():
+    # Accelerate refuses a wrap class it cannot find: a CLIP has no CrossBlock, a CoCa has both
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from vlm.model.coca import create_model
+    from vlm.training.fsdp import WRAP, fit_to, plugin
+
+    for name, classes in (("tiny", ["Block", "CrossBlock"]), ("ViT-B-32", ["Block"])):
+        state = SimpleNamespace(fsdp_plugin=plugin())
+        acc = SimpleNamespace(distributed_type=DistributedType.FSDP, state=state)
+        model = create_model(name, init=False) if name != "tiny" else create_model(name)
+        fit_to(acc, model)
+        assert state.fsdp_plugin.transformer_cls_names_to_wrap == classes
+        assert state.fsdp_plugin.fsdp_version == 2 and state.fsdp_plugin.reshard_after_forward is True
+    assert WRAP == ["Block", "CrossBlock"]

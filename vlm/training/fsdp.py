@@ -37,6 +37,17 @@ def plugin():
         state_dict_type="SHARDED_STATE_DICT")
 
 
+def fit_to(accelerator, model) -> None:
+    """Wrap only the block classes this model has (a CLIP or a classifier has no ``CrossBlock``;
+    Accelerate refuses a class name it cannot find). Before ``prepare``."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None) if accelerator.distributed_type.value == "FSDP" \
+        else None
+    if plugin is None or plugin.transformer_cls_names_to_wrap is None:
+        return
+    present = {type(m).__name__ for m in model.modules()}
+    plugin.transformer_cls_names_to_wrap = [n for n in plugin.transformer_cls_names_to_wrap if n in present]
+
+
 def wanted(cfg) -> bool:
     """FSDP asked for by the training config or by ``accelerate launch --use_fsdp``."""
     return bool(cfg.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"

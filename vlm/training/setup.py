@@ -100,6 +100,9 @@ def setup(cfg) -> Run:
         scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
     except (OSError, ValueError, KeyError) as e:  # OSError: also a dataset that needs the network
         raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)) from None
+    from vlm.training.fsdp import fit_to
+
+    fit_to(accelerator, built.model)  # FSDP: shard units from the block classes this model has
     model, optimizer, train_loader, scheduler = accelerator.prepare(built.model, optimizer, train_loader, scheduler)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
