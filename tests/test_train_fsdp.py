@@ -4,8 +4,11 @@ Accelerate 1.16 runs FSDP on GPUs only. On CPU processes it keeps plain DDP and 
 silently, and ``accelerate launch --use_fsdp`` stops with a traceback (``FSDP parameter
 initialization with `sync_module_states=True` is not supported on cpu``). So here:
 
-- on CPU (always run): every way of asking for FSDP is refused in one line, exit 2, before a step
-  is trained, instead of a DDP run that calls itself FSDP or a traceback;
+- on CPU (always run): every way of asking Accelerate for FSDP is refused in one line, exit 2,
+  before a step is trained, instead of a DDP run that calls itself FSDP or a traceback;
+- on 2 CPU processes through torch's own FSDP2 (``tests/fsdp_worker.py``): vlm's CoCa shards (its
+  scalar ``logit_scale`` as a 1-element parameter), FSDP's losses equal DDP's, a sharded checkpoint
+  resumes to the same next step, and the gathered weights load into a fresh model;
 - on GPUs (run where CUDA is present, and by ``scripts/gpu_check.py``): FSDP gives DDP's losses
   step for step, an FSDP run stopped and resumed follows the same trajectory, and its export loads.
 """
@@ -144,3 +147,18 @@ def test_shard_units_are_the_block_classes_the_model_has():
         assert state.fsdp_plugin.transformer_cls_names_to_wrap == classes
         assert state.fsdp_plugin.fsdp_version == 2 and state.fsdp_plugin.reshard_after_forward is True
     assert WRAP == ["Block", "CrossBlock"]
+
+
+@pytest.mark.slow
+def test_torch_fsdp2_on_two_cpu_processes_matches_ddp_resumes_and_exports(tmp_path):
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "fsdp_worker.py"), str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["shards"] == 2 and res["scalars"] == ["logit_scale"]
+    ddp, fsdp = torch.tensor(res["losses"]["ddp"]), torch.tensor(res["losses"]["fsdp"])
+    assert len(ddp) == 3 and torch.allclose(fsdp, ddp, rtol=1e-5, atol=1e-6), res["losses"]
+    assert res["losses"]["resumed"][0] == pytest.approx(res["losses"]["fsdp"][-1], rel=1e-6, abs=1e-6)
+    assert res["export_max_abs_diff"] < 1e-5 and res["logit_scale_shape"] == []  # a scalar again

@@ -21,9 +21,15 @@ def gathered_copy(accelerator, model, build: Callable):
     cfg = accelerator.unwrap_model(model).cfg
     with torch.device("meta"):
         fresh = build(cfg)
-    fresh = fresh.to_empty(device="cpu")
-    fresh.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
-    return fresh
+    return load_gathered(fresh.to_empty(device="cpu"), state)
+
+
+def load_gathered(model, state: dict):
+    """``model.load_state_dict`` of gathered weights, each reshaped to the model's own shape: under
+    FSDP a scalar parameter trains as a 1-element one (``vlm.training.fsdp.vector_scalars_``)."""
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    model.load_state_dict({k: v.detach().cpu().reshape(shapes.get(k, v.shape)) for k, v in state.items()})
+    return model
 
 
 def export_pretrained(accelerator, model, directory: Path, tokenizer=None, dtype: Optional[torch.dtype] = None,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 
+from torch import nn
+
 from vlm.errors import UsageError
 
 WRAP = ["Block", "CrossBlock"]  # vlm.model.layers: one FSDP unit per transformer block
@@ -37,12 +39,30 @@ def plugin():
         state_dict_type="SHARDED_STATE_DICT")
 
 
+def vector_scalars_(model: nn.Module) -> list[str]:
+    """Replace every 0-dim parameter (``logit_scale``) by a 1-element one, in place; returns their
+    names. FSDP (1 and 2) refuses scalars: "fully_shard doesn't support scalar parameters. Change
+    logit_scale to a 1D tensor with numel equal to 1." Exports reshape them back
+    (``vlm.training.export.gathered_copy``). Before the optimizer is built."""
+    names = []
+    for module_name, module in model.named_modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.ndim == 0:
+                setattr(module, name, nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad))
+                names.append(f"{module_name}.{name}".lstrip("."))
+    return names
+
+
 def fit_to(accelerator, model) -> None:
-    """Wrap only the block classes this model has (a CLIP or a classifier has no ``CrossBlock``;
-    Accelerate refuses a class name it cannot find). Before ``prepare``."""
+    """Under FSDP: 1-element parameters for scalars (``vector_scalars_``), and shard units from the
+    block classes this model has (a CLIP or a classifier has no ``CrossBlock``; Accelerate refuses
+    a class name it cannot find). Before the optimizer is built and ``prepare``."""
     plugin = getattr(accelerator.state, "fsdp_plugin", None) if accelerator.distributed_type.value == "FSDP" \
         else None
-    if plugin is None or plugin.transformer_cls_names_to_wrap is None:
+    if plugin is None:
+        return
+    vector_scalars_(model)
+    if plugin.transformer_cls_names_to_wrap is None:
         return
     present = {type(m).__name__ for m in model.modules()}
     plugin.transformer_cls_names_to_wrap = [n for n in plugin.transformer_cls_names_to_wrap if n in present]

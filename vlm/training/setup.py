@@ -76,6 +76,7 @@ def _accelerator(cfg, out: Path):
 def setup(cfg) -> Run:
     from accelerate.utils import set_seed
 
+    from vlm.training import fsdp
     from vlm.training.data import make_loaders
     from vlm.training.optim import build_optimizer, build_scheduler
 
@@ -95,14 +96,12 @@ def setup(cfg) -> Run:
     task = make_task(cfg)
     try:
         built = task.setup(accelerator, out)
+        fsdp.fit_to(accelerator, built.model)  # FSDP: no scalar parameters; units from the model's blocks
         train_loader, val_loader = make_loaders(cfg, built.train_set, built.val_set, built.collate)
         optimizer = build_optimizer(built.model, cfg, built.param_groups)
         scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
     except (OSError, ValueError, KeyError) as e:  # OSError: also a dataset that needs the network
         raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)) from None
-    from vlm.training.fsdp import fit_to
-
-    fit_to(accelerator, built.model)  # FSDP: shard units from the block classes this model has
     model, optimizer, train_loader, scheduler = accelerator.prepare(built.model, optimizer, train_loader, scheduler)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
