@@ -180,16 +180,15 @@ class Pipeline(ImageBatches):
 
         ``config`` is a ``vlm.generation.GenerationConfig``; keyword ``options`` set its fields
         (``caption(imgs, beams=3, max_tokens=20)``)."""
-        from vlm.generation.decode import generate
+        from vlm.generation.decode import caption_texts
 
         cfg = self.generation_config(config, **options)
-        tok = self.tokenizer
         results: list = []
         for pil, where, results in self._batches(images, on_error):
             if pil:
                 x = self._tensor(pil)
-                for n, row in zip(where, generate(self.model, x, tok, cfg, lexicon=self.lexicon)):
-                    results[n] = tok.decode(row).strip()
+                for n, text in zip(where, caption_texts(self.model, x, self.tokenizer, cfg, lexicon=self.lexicon)):
+                    results[n] = text
         return results
 
     def label_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
@@ -200,9 +199,20 @@ class Pipeline(ImageBatches):
 
         labels = check_labels(labels)
         templates = check_templates(templates if templates is not None else self.templates)
+        words = self.label_words(labels, templates)
+        if words is not None:  # one warning naming every label or template word the model never learned
+            words.warn(self.name, len(self.caption_words))
         texts = [t.format(label) for label in labels for t in templates]
         emb = self.encode_texts(texts).view(len(labels), len(templates), -1)  # (C, T, E)
         return torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
+
+    def label_words(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None):
+        """Which ``labels`` (and template words) lie outside the checkpoint's training words: a
+        ``vlm.trust.vocabulary.LabelWords`` (``.unseen``: a flag per label), or None for a model
+        that lists no training words (``caption_words``)."""
+        from vlm.trust.vocabulary import check_label_words
+
+        return check_label_words(labels, templates if templates is not None else self.templates, self.caption_words)
 
     @torch.inference_mode()
     def classify(self, images, labels: Sequence[str], templates: Optional[Sequence[str]] = None,

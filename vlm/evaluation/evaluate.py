@@ -111,8 +111,7 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
     from vlm.evaluation.captioning import evaluate_captions
     from vlm.evaluation.retrieval import retrieval_recall
     from vlm.evaluation.zeroshot import topk_accuracy
-    from vlm.generation.config import SpecialTokens
-    from vlm.generation.decode import generate
+    from vlm.generation.decode import caption_texts
     from vlm.io.images import load_image, preprocess_batch
     from vlm.data.layout import open_caption_dir
 
@@ -136,8 +135,8 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
         x = preprocess_batch([im for im in images if im is not None], pipe.preprocess_cfg).to(pipe.device)
         embeds.append(pipe.model.encode_image(x).float().cpu())
         if gen_cfg is not None:
-            rows = generate(pipe.model, x, SpecialTokens.of(tok), gen_cfg)  # no guards: metrics as published
-            captions.update({i: tok.decode(r).strip() for i, r in zip(chunk, rows)})
+            texts = caption_texts(pipe.model, x, tok, gen_cfg, lexicon=pipe.lexicon)  # as `vlm caption` writes them
+            captions.update(zip(chunk, texts))
         kept += chunk
     if not kept:
         raise ValueError(f"{data_dir}: no readable images ({skips.summary()})")
