@@ -52,6 +52,14 @@ def test_probe_reaches_accuracy_and_writes_a_classifier(shapes_cls, tmp_path, ca
     assert probe(args) == 0  # the features come from the cache the second time
     again = json.loads(capsys.readouterr().out)
     assert again["train"]["cached"] and again["val"]["cached"] and again["val"]["top1"] == first["val"]["top1"]
+    from vlm.errors import UsageError
+
+    with pytest.raises(UsageError) as refused:  # an existing checkpoint is kept unless --force says otherwise
+        probe(args + ["--out", str(out)])
+    assert "pass --force to replace it" in refused.value.cli_message()
+    (out / "stale.txt").write_text("from an earlier run")
+    assert probe(args + ["--out", str(out), "--force"]) == 0  # replaced as a whole, atomically
+    assert json.loads(capsys.readouterr().out)["out"] == str(out) and not (out / "stale.txt").exists()
 
     import vlm
     from vlm.classify.data import open_labelled

@@ -277,8 +277,10 @@ def _chunks(items: list, size: int):
 
 def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_size: Optional[int] = None,
          pretrained: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Pipeline:
-    """Load a shipped model name, a checkpoint directory, or (with the `convert` extras)
-    ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME``; None means the default model. A classifier
+    """Load a shipped model name, a checkpoint directory, or a model of another library converted on
+    load, ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME`` (open_clip, transformers and timm are
+    dependencies of vlm; their weights come from a local file or cache, or the library's hub);
+    None means the default model. A classifier
     (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``.
 
     ``pretrained`` names the weights of an ``open_clip:ARCH`` model (a tag or a checkpoint file;
