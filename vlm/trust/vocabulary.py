@@ -32,6 +32,8 @@ SHOWN = 10  # at most this many unseen words are named in the line (then "and N 
 class UnseenWordsWarning(UserWarning):
     """Labels or templates use words the model was never trained on: their scores mean little."""
 
+    cli_level = "warning"  # the CLI prints it as one "vlm COMMAND: warning: ..." line (vlm.cli.main)
+
     def __init__(self, name: str, words: Sequence[str], known: int):
         self.name, self.words, self.known = name, tuple(words), known
         super().__init__(self.cli_message())
@@ -41,8 +43,6 @@ class UnseenWordsWarning(UserWarning):
         more = f" and {len(self.words) - SHOWN} more" if len(self.words) > SHOWN else ""
         return (f"{len(self.words)} word(s) of the labels or templates never appear in the {self.name} model's "
                 f"training captions ({self.known} words): {shown}{more}; their scores mean little")
-
-    cli_level = "warning"
 
 
 def words_of(text: str) -> list[str]:
