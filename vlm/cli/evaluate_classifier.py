@@ -34,12 +34,8 @@ def main_classifier(args) -> int:
             raise UsageError(f"--max-images {args.max_images}: must be at least 1")
         keep = slice(0, args.max_images)
         data.sources, data.targets = data.sources[keep], data.targets[keep]
-    plot = getattr(args, "plot", None)
-    if plot and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise UsageError(f"--plot {plot}: must end in .png, .pdf or .svg")
-    from vlm.classify.evaluate import confusion_plot, evaluate_classifier
-    from vlm.cli.common import Item, Reporter, load_pipeline, skipped_status
-    from vlm.runtime.progress import progress_bar
+    plot = _plot_path(args)
+    from vlm.cli.common import load_pipeline
 
     pipe = load_pipeline(args)
     try:
@@ -57,14 +53,21 @@ def main_zero_shot(args, data) -> int:
     from vlm.cli.common import load_pipeline
 
     templates = check_templates(args.template) if args.template is not None else None
+    plot = _plot_path(args)
     if args.max_images is not None:
         data.sources, data.targets = data.sources[:args.max_images], data.targets[:args.max_images]
     pipe = load_pipeline(args)
     model = classifier_from_backbone(pipe.model, data.classes, "embedding").to(pipe.device)
     zero_shot_head(model, pipe, templates=templates)  # warns once of class or template words the model never learned
     used = list(templates if templates is not None else pipe.templates)
-    return _evaluate(args, pipe.name, model, pipe.preprocess_cfg, data, getattr(args, "plot", None),
-                     {"zero_shot": True, "templates": used})
+    return _evaluate(args, pipe.name, model, pipe.preprocess_cfg, data, plot, {"zero_shot": True, "templates": used})
+
+
+def _plot_path(args):
+    plot = getattr(args, "plot", None)
+    if plot and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--plot {plot}: must end in .png, .pdf or .svg")
+    return plot
 
 
 def _evaluate(args, name: str, model, preprocess, data, plot, extra: dict) -> int:
