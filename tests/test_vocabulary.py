@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import warnings
 
-import pytest
 
 from conftest import REPO, run_vlm
 
