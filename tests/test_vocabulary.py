@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import warnings
 
-
 from conftest import REPO, run_vlm
 
 from vlm.trust.vocabulary import UnseenWordsWarning, check_label_words
