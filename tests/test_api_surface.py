@@ -297,3 +297,27 @@ def test_classifier_pipeline_speaks_python_terms_and_keeps_good_results(classifi
     top = classifier_pipe.classify([missing, good], top_k=1, on_error="return")
     assert isinstance(top[0], ImageLoadError) and top[0].source == missing
     assert top[1] == classifier_pipe.classify(good, top_k=1)[0]
+
+
+def test_dir_shows_the_api_and_docstrings_name_only_real_extras():
+    """``dir(vlm)`` lists the lazily loaded API; no docstring or document names an install extra that
+    pyproject.toml does not define (issue 18: ``help(vlm.load)`` named a `convert` extra)."""
+    import pydoc
+    import re
+    import subprocess
+    import sys
+    import tomllib
+
+    from conftest import REPO
+
+    assert {"load", "GenerationConfig", "__version__"} <= set(dir(vlm))
+    assert vlm.GenerationConfig is GenerationConfig
+    light = subprocess.run([sys.executable, "-c", "import sys, vlm; dir(vlm); vlm.GenerationConfig; "
+                            "print('torch' in sys.modules)"], capture_output=True, text=True, cwd=REPO)
+    assert light.stdout.strip() == "False", light.stderr
+    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    texts = [pydoc.render_doc(vlm.load)] + [p.read_text() for p in (REPO / "vlm").rglob("*.py")]
+    texts += [p.read_text() for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")]]
+    named = {m for t in texts for m in re.findall(r"`([\w-]+)` extras?\b", t)}
+    named |= {e for t in texts for group in re.findall(r"\.\[([\w,-]+)\]", t) for e in group.split(",")}
+    assert named <= extras, named - extras

@@ -52,6 +52,14 @@ def test_probe_reaches_accuracy_and_writes_a_classifier(shapes_cls, tmp_path, ca
     assert probe(args) == 0  # the features come from the cache the second time
     again = json.loads(capsys.readouterr().out)
     assert again["train"]["cached"] and again["val"]["cached"] and again["val"]["top1"] == first["val"]["top1"]
+    from vlm.errors import UsageError
+
+    with pytest.raises(UsageError) as refused:  # an existing checkpoint is kept unless --force says otherwise
+        probe(args + ["--out", str(out)])
+    assert "pass --force to replace it" in refused.value.cli_message()
+    (out / "stale.txt").write_text("from an earlier run")
+    assert probe(args + ["--out", str(out), "--force"]) == 0  # replaced as a whole, atomically
+    assert json.loads(capsys.readouterr().out)["out"] == str(out) and not (out / "stale.txt").exists()
 
     import vlm
     from vlm.classify.data import open_labelled
@@ -145,3 +153,48 @@ def test_zero_shot_head_step0_accuracy_equals_classify(shapes_cls):
         assert {lb: p for lb, p in top} == pytest.approx({lb: float(row[i]) for i, lb in enumerate(val.classes)},
                                                          abs=1e-5)
     assert class_embeddings(pipe, val.classes, templates, batch_size=3).allclose(emb, atol=1e-5)
+
+
+def test_evaluate_on_class_folders_is_zero_shot_for_clip_and_coca(shapes_cls):
+    """`vlm evaluate --data DIR` on what `vlm data shapes --layout classes` writes: the default CoCa's
+    zero-shot top-1 there is the share of images whose best label (Pipeline.classify over the folder
+    names) is their folder's; --template is used (issue 18: it exited 2, "not a COCO-format dataset")."""
+    import vlm
+    from vlm.classify.data import open_labelled
+
+    val = shapes_cls / "val"
+    r = run_vlm("evaluate", "--data", val, "--json", "--template", "one {}", "--template", "a picture of one {}")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)["classification"]
+    assert report["zero_shot"] and report["templates"] == ["one {}", "a picture of one {}"]
+    data = open_labelled(val)
+    pipe = vlm.load()
+    top = pipe.classify(data.sources, data.classes, templates=report["templates"], top_k=1)
+    expected = sum(t[0][0] == data.classes[y] for t, y in zip(top, data.targets)) / len(data.targets)
+    assert report["images"] == 80 and report["top1"] == pytest.approx(expected) and report["top5"] == 1.0
+    assert expected >= 0.9  # the shapes model knows red shapes
+    bad = run_vlm("evaluate", "--data", val, "--template", "no slot")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no slot" in bad.stderr, bad.stderr
+
+
+def test_classify_and_index_read_a_folder_the_same_way(shapes_cls, tmp_path):
+    """`vlm classify DIR` reads class sub-folders as `vlm index DIR` does (one function, recursive,
+    hidden files and folders skipped); it said "directory contains no images" on class folders."""
+    import shutil
+
+    from vlm.index.sources import gather
+    from vlm.io.images import collect_images
+
+    root = tmp_path / "mixed"
+    shutil.copytree(shapes_cls / "val", root)
+    src = next((root / "red star").glob("*.png"))
+    shutil.copy(src, root / "top.png")
+    shutil.copy(src, root / ".hidden.png")
+    (root / ".cache").mkdir()
+    shutil.copy(src, root / ".cache" / "x.png")
+    paths, errors = collect_images([str(root)])
+    assert not errors and len(paths) == 81 and paths[0] == str(root / "top.png")
+    assert sorted(paths) == sorted(r.key for r in gather([str(root)]).records)
+    r = run_vlm("classify", shapes_cls / "val", "--labels", "red star,red circle,red square,red triangle",
+                "--top-k", "1", "--json")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 80, r.stderr

@@ -272,3 +272,48 @@ def test_out_of_distribution_warning_in_the_api(default, photos, shapes):
     d_in = check.distances(default.model, default.images_to_tensor(shapes))
     d_out = check.distances(default.model, default.images_to_tensor(sorted(photos.iterdir())))
     assert int((d_in > check.threshold).sum()) <= 2 and check.threshold < d_out.min()  # <= 1% of 200 scenes
+
+
+def test_issue_18_captions_are_refused(default):
+    """The two captions of issue 18: "a small" (the default model on a microscope slide) ends on a
+    noun phrase with no noun; "... and a from left to orange square" puts a determiner before a
+    preposition. Neither may end or grow so."""
+    tok = default.tokenizer
+    guard = DegenerationGuard(tok, lexicon=default.lexicon)
+    for no_noun in ("a small", "a large red", "three shapes and a small"):
+        assert dangling_end(no_noun) and not guard.acceptable(tok.encode(no_noun), tok.eot_id), no_noun
+    assert guard.complete(tok.encode("a small")) == []
+    assert guard.complete(tok.encode("a red star and a small")) == tok.encode("a red star")
+    bad = "a yellow square, a yellow square and a from left to orange square"
+    assert not never_degenerate(bad)
+    ids = tok.encode(bad)
+    assert not all(guard.acceptable(ids[:i], ids[i]) for i in range(len(ids)))
+    for ok in ("a small blue triangle", "a dog with a red ball", "it is red", "a man in white"):
+        assert not dangling_end(ok), ok
+
+
+def test_the_training_samples_of_issue_18_are_guarded(default):
+    """Samples written during training go through the guards: the loop of issue 18 cannot be written."""
+    tok = default.tokenizer
+    guard = DegenerationGuard(tok)
+    loop = "a large orange circle and and and and a green star left a left a lef"
+    ids = tok.encode(loop)
+    first_refused = next(i for i in range(len(ids)) if not guard.acceptable(ids[:i], ids[i]))
+    assert tok.decode(ids[:first_refused]).strip() == "a large orange circle and"
+
+
+def test_every_caption_takes_the_one_guarded_path():
+    """No vlm module outside vlm/generation calls generate() itself: CLI, API, evaluate, index and
+    training samples all decode through vlm.generation.decode.caption_texts (guards and word list)."""
+    import ast
+
+    callers = []
+    for path in sorted((REPO / "vlm").rglob("*.py")):
+        if path.parent.name == "generation":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vlm.generation"):
+                callers += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names if a.name == "generate"]
+    assert callers == []
+    for where in ("api.py", "evaluation/evaluate.py", "index/embed.py", "training/caption_task.py"):
+        assert "caption_texts(" in (REPO / "vlm" / where).read_text(), where

@@ -1,11 +1,14 @@
-"""Every command block in README.md and docs/*.md runs as written, in a fresh clone (issue 13 item 9).
+"""Every command block in README.md and docs/*.md runs as written, in one fresh clone (issue 13 item 9).
 
 The blocks are found, not listed: any ``bash``/``sh``/``shell``/``console`` or ``python`` fence
 in README.md or a file under docs/ is covered, so a new document is tested the day it lands.
 
-- The tracked (and new, not ignored) files are copied to a temporary directory: a fresh clone per
-  document. Its blocks run there in order, one shell per block, so a later block can use what an
-  earlier one of the same document made (the README trains ``runs/shapes_tiny``, then evaluates it).
+- The tracked (and new, not ignored) files are copied to a temporary directory: one fresh clone for
+  all documents, as a user has one folder (issue 18). The documents run in sequence there, README.md
+  first, then docs/*.md by name, each block in order, one shell per block: a later block sees what
+  every earlier one made (the README trains ``runs/shapes_tiny``, then evaluates it; docs/classification.md
+  then probes into the folder the README's probe wrote). Testing one document runs the documents
+  before it first.
 - ``REDUCE`` below is the whole list of changes made before running: smaller sizes and step
   counts, the running environment linked as ``.venv`` (installing needs the network), and the
   test suite itself cut to one file. Nothing else is rewritten.
@@ -230,21 +233,41 @@ def _run_transcript(block: Block, clone: Path, env: dict) -> None:
         assert proc.stdout.splitlines() == lines[n + 1:end], f"{block}: {lines[n]} prints something else"
 
 
-@pytest.mark.parametrize("doc", documents(), ids=lambda d: str(d.relative_to(REPO)))
-def test_document_blocks_run_in_a_fresh_clone(doc, tmp_path):
-    """Each document in its own fresh clone, its blocks in order (a later block may use what an
-    earlier one of the same document made)."""
-    clone = fresh_clone(tmp_path / "clone")
-    home = tmp_path / "home"
-    home.mkdir()
-    make_reader_files(clone)
-    env = environment(clone, home)
+def _run_document(doc: Path, clone: Path, env: dict) -> int:
     ran = 0
     for b in blocks(doc):
         if b.skip or b.lang not in SHELL_LANGS | {"python", "console"}:
             continue
         {"python": _run_python, "console": _run_transcript}.get(b.lang, _run_shell)(b, clone, env)
         ran += 1
+    return ran
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory):
+    """One fresh clone and home for every document, and the documents already run in it."""
+    root = tmp_path_factory.mktemp("docs")
+    clone = fresh_clone(root / "clone")
+    home = root / "home"
+    home.mkdir()
+    make_reader_files(clone)
+    return {"clone": clone, "env": environment(clone, home), "done": set()}
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda d: str(d.relative_to(REPO)))
+def test_document_blocks_run_in_sequence_in_one_folder(doc, user_folder):
+    """The documents in sequence in one folder, as a user reads them: this one after every document
+    before it (run here first when this test runs alone), its blocks in order."""
+    clone, env, done = user_folder["clone"], user_folder["env"], user_folder["done"]
+    for earlier in documents()[:documents().index(doc)]:
+        if earlier not in done:
+            done.add(earlier)
+            try:
+                _run_document(earlier, clone, env)
+            except AssertionError as e:
+                pytest.fail(f"{earlier.relative_to(REPO)}, run before {doc.relative_to(REPO)}, failed: {e}")
+    done.add(doc)
+    ran = _run_document(doc, clone, env)
     if doc.name == "README.md":
         assert ran >= 6
         assert (clone / "runs" / "shapes_tiny" / "model" / "config.json").is_file()  # the training block ran

@@ -144,6 +144,7 @@ class KnownPipeline:
 
     can_caption = True
     device = "cpu"
+    lexicon = None
 
     def __init__(self):
         import torch
@@ -183,7 +184,7 @@ def test_evaluate_model_wires_retrieval_zero_shot_and_references(known, monkeypa
     from vlm.evaluation.evaluate import evaluate_model
 
     pipe = KnownPipeline()
-    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a, **kw: model.color_of(x)[:, None])
     report = evaluate_model(pipe, known, batch_size=4, spice=False, meteor=False)
     assert report["num_images"] == 6 and report["skipped_images"] == 1
     r = report["retrieval"]
@@ -201,7 +202,7 @@ def test_zero_shot_without_templates_or_labelled_images(known, monkeypatch):
     not evaluated: zero-shot is skipped with a note, not silently."""
     from vlm.evaluation.evaluate import evaluate_model
 
-    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a, **kw: model.color_of(x)[:, None])
     classes = json.loads((known / "classes.json").read_text())
     (known / "classes.json").write_text(json.dumps({"classes": classes["classes"], "labels": classes["labels"]}))
     pipe = KnownPipeline()
@@ -219,7 +220,7 @@ def test_shapes_check_is_a_metric_the_caller_opts_into(known, tiny, monkeypatch)
     from vlm.evaluation.evaluate import evaluate_model, format_report
     from vlm.evaluation.shapes_check import ShapesAttributeCheck, shapes_checks
 
-    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a: model.color_of(x)[:, None])
+    monkeypatch.setattr("vlm.generation.decode.generate", lambda model, x, *a, **kw: model.color_of(x)[:, None])
     plain = evaluate_model(KnownPipeline(), known, spice=False, meteor=False)
     assert not any(k.startswith("shapes") for k in plain) and "shapes" not in format_report(plain)
     assert shapes_checks(known) == [] and len(shapes_checks(tiny[1])) == 1

@@ -145,13 +145,49 @@ def test_retrieval_default_ks_ties_and_errors():
     assert set(r) >= {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
     assert r["i2t_r10"] == 1.0 and r["t2i_r10"] == 1.0
     flat = retrieval_recall(torch.zeros(3, 6), TEXT_TO_IMAGE, ks=(1,))
-    assert flat["i2t_r1"] == 0.0 and flat["t2i_r1"] == 0.0  # ties count against the model
+    assert flat["i2t_r1_worst"] == 0.0 and flat["t2i_r1_worst"] == 0.0  # the bound: ties count against the model
+    assert r["i2t_r1_worst"] == r["i2t_r1"] and r["t2i_r5_worst"] == r["t2i_r5"]  # no ties: the same figures
     perfect = retrieval_recall(torch.eye(3).repeat_interleave(2, dim=1), TEXT_TO_IMAGE, ks=(1,))
     assert perfect["i2t_r1"] == 1.0 and perfect["t2i_r1"] == 1.0
     with pytest.raises(ValueError, match="text_to_image: has 5 entries for 6 texts"):
         retrieval_recall(SIM, TEXT_TO_IMAGE[:5])
     with pytest.raises(ValueError, match="image 2 has no text"):
         retrieval_recall(SIM, [0, 0, 1, 1, 1, 1])
+
+
+def clip_benchmark_recall(scores_texts_images: torch.Tensor, text_to_image: list[int], k: int) -> tuple[float, float]:
+    """CLIP_benchmark's recall@k, written here from its documentation (README and the comments of
+    metrics/zeroshot_retrieval.py): scores are (texts, images); a query's k best are those torch.topk
+    returns; image retrieval: a text scores 1 when its image is among its k best images; text
+    retrieval: an image scores 1 when at least one of its texts is among its k best texts (on the
+    transposed matrix); each recall is the mean of those 0/1 scores. Returns (i2t, t2i)."""
+    n_texts, n_images = scores_texts_images.shape
+    t2i_hits = [text_to_image[t] in scores_texts_images[t].topk(k).indices.tolist() for t in range(n_texts)]
+    by_image = scores_texts_images.T
+    i2t_hits = [any(text_to_image[t] == i for t in by_image[i].topk(k).indices.tolist()) for i in range(n_images)]
+    return sum(i2t_hits) / n_images, sum(t2i_hits) / n_texts
+
+
+def test_retrieval_recall_is_clip_benchmarks_on_tied_scores():
+    """Repeated captions give equal text embeddings, so exact ties (issue 18: 0.500 against
+    CLIP_benchmark's 0.563). vlm's figures are CLIP_benchmark's on the same matrix; the pessimistic
+    bound stays beside them and is never higher."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=-1)
+    pool = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)  # 5 distinct captions
+    caption_of = torch.randint(0, 5, (32,), generator=g)  # 2 texts per image, drawn from the pool
+    text_to_image = [t // 2 for t in range(32)]
+    texts = pool[caption_of] + 0.3 * images[text_to_image]  # each text leans to its image ...
+    texts[::2] = pool[caption_of[::2]]  # ... but half of them are bare repeated captions: exact ties
+    sim = images @ texts.T  # (N_images, N_texts), as vlm evaluate builds it
+    r = retrieval_recall(sim, text_to_image, ks=(1, 5))
+    ties = 0
+    for k in (1, 5):
+        i2t, t2i = clip_benchmark_recall(texts @ images.T, text_to_image, k)
+        assert (r[f"i2t_r{k}"], r[f"t2i_r{k}"]) == (pytest.approx(i2t), pytest.approx(t2i)), k
+        assert r[f"i2t_r{k}_worst"] <= r[f"i2t_r{k}"] and r[f"t2i_r{k}_worst"] <= r[f"t2i_r{k}"]
+        ties += (r[f"i2t_r{k}_worst"], r[f"t2i_r{k}_worst"]) != (r[f"i2t_r{k}"], r[f"t2i_r{k}"])
+    assert ties  # the case shows the difference the tie rule makes
 
 
 # ----------------------------------------------------------------------------- zero-shot

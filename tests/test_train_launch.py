@@ -210,3 +210,40 @@ def test_ctrl_c_stops_every_process_with_130_and_one_line(shapes, tmp_path, proc
     assert "Traceback" not in text and "SignalException" not in text, text[-3000:]
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("train:")]
     assert lines == ["vlm train: interrupted; continue from the last checkpoint with resume=latest"], text[-3000:]
+
+
+@pytest.mark.slow
+def test_plain_accelerate_launch_shows_training_progress_on_a_terminal(shapes, tmp_path):
+    """Accelerate 1.16's one-process launcher pipes the child's stderr and relays it: on a terminal the
+    training bar still shows (issue 18: it showed nothing), and with stderr in a file it does not."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+           str(ROOT / "scripts" / "train.py"), "--config", MICRO, f"data.root={shapes}", "steps=3",
+           f"output_dir={tmp_path / 'run'}", "data.batch_size=8"]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    try:
+        while select.select([master], [], [], 240)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # every writer closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        assert proc.wait(timeout=240) == 0, shown.decode(errors="replace")[-3000:]
+        os.close(master)
+    text = shown.decode(errors="replace")
+    assert "train:" in text and "3/3" in text, text[-3000:]
+    logged = subprocess.run(cmd[:-2] + [f"output_dir={tmp_path / 'run2'}", "data.batch_size=8"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=240)
+    assert logged.returncode == 0 and "train:" not in logged.stderr and "3/3" not in logged.stderr, logged.stderr

@@ -193,19 +193,18 @@ class Pipeline(ImageBatches):
         ``config`` is a ``vlm.generation.GenerationConfig``; keyword ``options`` set its fields
         (``caption(imgs, beams=3, max_tokens=20)``). Each caption is a ``vlm.trust.results.Caption``
         (a str) whose ``.ood`` says whether the image looks far from the training data."""
-        from vlm.generation.decode import generate
+        from vlm.generation.decode import caption_texts
         from vlm.trust.results import Caption
 
         cfg = self.generation_config(config, **options)
-        tok = self.tokenizer
         results: list = []
         with self.ood_run():
             for pil, where, results in self._batches(images, on_error):
                 if pil:
                     x = self._tensor(pil)
-                    rows = generate(self.model, x, tok, cfg, lexicon=self.lexicon)
-                    for n, row, far in zip(where, rows, self.ood_flags(x)):
-                        results[n] = Caption(tok.decode(row).strip(), far)
+                    texts = caption_texts(self.model, x, self.tokenizer, cfg, lexicon=self.lexicon)
+                    for n, text, far in zip(where, texts, self.ood_flags(x)):
+                        results[n] = Caption(text, far)
         return results
 
     def label_embeddings(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None) -> torch.Tensor:
@@ -216,9 +215,20 @@ class Pipeline(ImageBatches):
 
         labels = check_labels(labels)
         templates = check_templates(templates if templates is not None else self.templates)
+        words = self.label_words(labels, templates)
+        if words is not None:  # one warning naming every label or template word the model never learned
+            words.warn(self.name, len(self.caption_words))
         texts = [t.format(label) for label in labels for t in templates]
         emb = self.encode_texts(texts).view(len(labels), len(templates), -1)  # (C, T, E)
         return torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
+
+    def label_words(self, labels: Sequence[str], templates: Optional[Sequence[str]] = None):
+        """Which ``labels`` (and template words) lie outside the checkpoint's training words: a
+        ``vlm.trust.vocabulary.LabelWords`` (``.unseen``: a flag per label), or None for a model
+        that lists no training words (``caption_words``)."""
+        from vlm.trust.vocabulary import check_label_words
+
+        return check_label_words(labels, templates if templates is not None else self.templates, self.caption_words)
 
     @torch.inference_mode()
     def classify(self, images, labels: Sequence[str], templates: Optional[Sequence[str]] = None,
@@ -289,8 +299,10 @@ def _chunks(items: list, size: int):
 
 def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_size: Optional[int] = None,
          pretrained: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Pipeline:
-    """Load a shipped model name, a checkpoint directory, or (with the `convert` extras)
-    ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME``; None means the default model. A classifier
+    """Load a shipped model name, a checkpoint directory, or a model of another library converted on
+    load, ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME`` (open_clip, transformers and timm are
+    dependencies of vlm; their weights come from a local file or cache, or the library's hub);
+    None means the default model. A classifier
     (a classifier checkpoint, ``timm:NAME``, a ViTForImageClassification) gives a ``ClassifierPipeline``.
 
     ``pretrained`` names the weights of an ``open_clip:ARCH`` model (a tag or a checkpoint file;

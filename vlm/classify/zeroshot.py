@@ -32,6 +32,9 @@ def class_embeddings(pipe, labels: Sequence[str], templates: Optional[Sequence[s
     labels and templates follow the same rules (``vlm.classify.prompts``)."""
     labels = check_labels(labels)
     templates = check_templates(templates or pipe.templates)
+    words = pipe.label_words(labels, templates) if hasattr(pipe, "label_words") else None
+    if words is not None:  # one warning naming the class or template words the model never learned
+        words.warn(pipe.name, len(pipe.caption_words))
     model, tok = pipe.model, pipe.tokenizer
     ids = tok([t.format(x) for x in labels for t in templates], context_length=model.cfg.text.context_length)
     lengths = (ids != tok.pad_id).sum(dim=1)  # (C*T,) tokens before the trailing padding

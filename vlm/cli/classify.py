@@ -79,7 +79,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if labels is None:
         raise UsageError("--labels or --labels-file is required: a zero-shot model has no labels of its own "
                          "(only a classifier checkpoint does)")
-    label_embeds = pipe.label_embeddings(labels, args.template)
+    label_embeds = pipe.label_embeddings(labels, args.template)  # warns once of words the model never learned
+    words = pipe.label_words(labels, args.template)
+    unseen = None if words is None else dict(zip(labels, words.unseen))
     out = Reporter(args.json, "classify")
     with pipe.ood_run():  # one out-of-distribution notice for the whole run, counting every image
         for batch in iter_batches(args.inputs, args.batch_size):
@@ -92,6 +94,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                     continue
                 top = next(results)
                 text = f"{it.source}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top)
-                out.result(with_ood({"image": it.source, "top": [{"label": l, "prob": p} for l, p in top]}, top),
-                           text)
+                entries = [{"label": l, "prob": p, **({} if unseen is None else {"unseen": unseen[l]})} for l, p in top]
+                out.result(with_ood({"image": it.source, "top": entries}, top), text)
     return out.exit_code

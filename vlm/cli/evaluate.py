@@ -4,11 +4,14 @@
     vlm evaluate --data coco --split val --json        # COCO root: annotations/captions_val2017.json
     vlm evaluate --data data/coco --split test         # Karpathy root: dataset_coco.json + val2014/
     vlm evaluate --model ckpt/probe --data data/shapes_cls/val --plot confusion.png   # a classifier
+    vlm evaluate --data data/shapes_cls/val                                          # zero-shot, class folders
 
 DIR is a COCO-format dataset dir (``annotations/captions.json`` + ``images/``,
 as ``vlm data shapes`` writes; it has no splits), a Karpathy root
 (``dataset_coco.json``; ``--split`` train, restval, val or test) or a COCO root. Metrics: see
-``vlm.evaluation.evaluate`` (CoCa, Yu et al. 2022, reports the same families).
+``vlm.evaluation.evaluate`` (CoCa, Yu et al. 2022, reports the same families). A class-per-folder
+directory (``vlm data shapes --layout classes``) gives a CLIP or CoCa model's zero-shot
+top-1/top-5 and per-class recall, with the model's templates or ``--template``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ def build_parser() -> Parser:
     add_dataclass_flags(p, GenerationConfig, only=("beams", "max_tokens"), title="captions")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images only")
     p.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="with a classifier: draw the labelled confusion matrix")
+                   help="with a classifier or class folders: draw the labelled confusion matrix")
+    p.add_argument("--template", action="append", default=None, metavar="T",
+                   help="class-folder data: zero-shot prompt template with one {} for the class name; repeat "
+                        "for an ensemble (default: the model's)")
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow; needs Stanford CoreNLP jars)")
     p.add_argument("--no-meteor", action="store_true",
                    help="skip METEOR (its Java start-up loads a paraphrase table: about a minute on a busy CPU)")
@@ -82,7 +88,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SplitError as e:
         raise UsageError(f"--split {args.split}: {e}" if args.split else f"--data {args.data}: {e}") from None
     except (FileNotFoundError, ValueError) as e:
+        folders = _class_folders(data)
+        if folders is not None and args.split is None:  # class-per-folder: zero-shot classification
+            from vlm.cli.evaluate_classifier import main_zero_shot
+
+            return main_zero_shot(args, folders)
         raise UsageError(f"--data {args.data}: {e}{_split_hint(data, args.split)}") from None
+    if args.template is not None:
+        raise UsageError("--template: goes with class-folder data (a COCO-format dataset's zero-shot "
+                         "templates are those of its classes.json)")
     try:
         load_classes(data)
     except ValueError as e:
@@ -107,6 +121,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = {"model": pipe.name, "data": str(data), **report}
     print(json.dumps(_clean(report)) if args.json else format_report(report, checks))
     return skipped_status(args.data, report.get("skipped_images", 0), report.get("num_images", 0))
+
+
+def _class_folders(data: Path):
+    """The ``LabelledImages`` of a class-per-folder directory, or None when ``data`` is not one."""
+    from vlm.classify.data import open_labelled
+
+    if (data / "annotations").is_dir() or (data / "dataset_coco.json").exists():
+        return None  # a caption dataset with a problem: its own error says which
+    try:
+        return open_labelled(data)
+    except ValueError:
+        return None
 
 
 def _split_hint(data: Path, split: Optional[str]) -> str:

@@ -63,14 +63,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _show_notes_as_lines(name: str) -> None:
-    """Warnings that carry a CLI wording (vlm.trust.ood's notice) print as one ``vlm NAME: note:`` line."""
+    """Warnings that carry a CLI wording (vlm.trust.ood's notice, vlm.trust.vocabulary's warning) print as
+    one ``vlm NAME: note:`` line (``warning:`` for those with ``cli_level = "warning"``)."""
     import warnings
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         if hasattr(message, "cli_message"):
-            print(f"vlm {name}: note: {message.cli_message()}", file=sys.stderr)
+            print(f"vlm {name}: {getattr(message, 'cli_level', 'note')}: {message.cli_message()}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 

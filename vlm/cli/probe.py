@@ -26,7 +26,8 @@ def build_parser() -> Parser:
     p.add_argument("--train", required=True, metavar="DATA", help="class-per-folder dir, path,label CSV or hf:NAME")
     p.add_argument("--val", required=True, metavar="DATA", help="validation data: the weight decay is chosen on it")
     p.add_argument("--test", default=None, metavar="DATA", help="held-out data, reported only")
-    p.add_argument("--out", default=None, metavar="DIR", help="write the classifier checkpoint here")
+    p.add_argument("--out", default=None, metavar="DIR", help="write the classifier checkpoint here (new or empty)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     p.add_argument("--feature", choices=("embedding", "pooled"), default=None,
                    help="head input: the contrastive embedding (default for CLIP/CoCa) or the pooled token")
     p.add_argument("--weight-decay", type=float, action="append", default=None, metavar="WD",
@@ -65,8 +66,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out {out}: exists and is not an empty directory")
+    if out is not None:
+        from vlm.export.common import check_out_dir
+
+        check_out_dir(out, args.force)  # before any embedding work; replaced atomically at the end
     train = _open(args.train, "--train")
     val, test = _open(args.val, "--val"), _open(args.test, "--test") if args.test else None
     try:
@@ -97,9 +100,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         report[k] = {"images": len(f.y), "skipped": f.skipped, "cached": f.cached,
                      "top1": top_k_accuracy(logits, f.y, 1), "top5": top_k_accuracy(logits, f.y, 5)}
     if out is not None:
+        from vlm.export.common import atomic_dir
+
         model.set_head(result.weight, result.bias)
-        save_classifier(model.cpu(), out, extra={"trained_by": f"vlm probe --model {name} --train {args.train} "
-                                                               f"(weight decay {result.weight_decay:g})"})
+        with atomic_dir(out, args.force) as tmp:  # a reader never sees half a checkpoint
+            save_classifier(model.cpu(), tmp, extra={"trained_by": f"vlm probe --model {name} --train {args.train} "
+                                                                   f"(weight decay {result.weight_decay:g})"})
         report["out"] = str(out)
     if args.json:
         print(json.dumps(report))

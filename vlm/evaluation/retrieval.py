@@ -7,12 +7,21 @@
   among the k highest-scoring texts (image -> text retrieval);
 * ``t2i_r{k}``: share of texts whose image is among the k highest-scoring
   images (text -> image retrieval);
-* ``i2t_mean_rank`` / ``t2i_mean_rank`` (1 = first), and ``rsum`` (sum of all
-  recalls, in percent as usually reported).
+* ``i2t_r{k}_worst`` / ``t2i_r{k}_worst``: the same with every tie counted
+  against the model (the pessimistic bound);
+* ``i2t_mean_rank`` / ``t2i_mean_rank`` (1 = first, ties against the model), and
+  ``rsum`` (sum of the six recalls, in percent as usually reported).
 
-Recalls are fractions in 0..1.  Ties count against the model: a wrong item
-scoring exactly as high as the right one ranks before it, so a constant
-similarity matrix gets the lowest recall, not the highest.
+Recalls are fractions in 0..1. The k highest-scoring items are the ones ``torch.topk``
+returns, as CLIP_benchmark (1.6.2, ``metrics/zeroshot_retrieval.py``) and torchmetrics'
+retrieval recall choose them, on a (texts, images) score matrix as CLIP_benchmark lays it
+out: these are the figures published tables use. Where several items score exactly as
+high as the k-th, ``topk`` keeps some of them and not others (its order among equal
+scores is not documented), so a right item tied with wrong ones may count as found.
+Ties are common where captions repeat (shapes scenes: two images' captions can be the
+same text, so their embeddings and scores are equal). The ``_worst`` figures rank a wrong
+item that scores exactly as high as the right one before it: a constant similarity
+matrix gets the lowest recall there. A figure and its bound differ only through ties.
 
 Run: ``python -c "from vlm.evaluation.retrieval import retrieval_recall"``
 (used by the training and evaluation code).
@@ -54,6 +63,7 @@ def retrieval_recall(
     n_images, n_texts = sim.shape
     own = torch.zeros(n_images, n_texts, dtype=torch.bool)
     own[t2i, torch.arange(n_texts)] = True
+    scores = sim.t().contiguous()  # (N_texts, N_images), CLIP_benchmark's layout: topk breaks ties the same way
 
     # image -> text: rank of the best own caption = wrong texts scoring >= it
     best_own = sim.masked_fill(~own, float("-inf")).max(dim=1).values
@@ -64,13 +74,24 @@ def retrieval_recall(
 
     out: dict[str, float] = {}
     for k in ks:
-        out[f"i2t_r{int(k)}"] = float((i2t_rank < int(k)).float().mean())
+        out[f"i2t_r{int(k)}"] = _topk_recall(scores.t(), own, int(k))
     for k in ks:
-        out[f"t2i_r{int(k)}"] = float((t2i_rank < int(k)).float().mean())
+        out[f"t2i_r{int(k)}"] = _topk_recall(scores, own.t(), int(k))
+    for k in ks:
+        out[f"i2t_r{int(k)}_worst"] = float((i2t_rank < int(k)).float().mean())
+    for k in ks:
+        out[f"t2i_r{int(k)}_worst"] = float((t2i_rank < int(k)).float().mean())
     out["i2t_mean_rank"] = float(i2t_rank.float().mean() + 1)
     out["t2i_mean_rank"] = float(t2i_rank.float().mean() + 1)
     out["rsum"] = 100.0 * sum(out[f"{d}_r{int(k)}"] for d in ("i2t", "t2i") for k in ks)
     return out
+
+
+def _topk_recall(scores: torch.Tensor, positive: torch.Tensor, k: int) -> float:
+    """Share of queries (rows of (Q, N) ``scores``) with a positive among the ``torch.topk`` k best
+    (k capped at N); ``positive`` is (Q, N) bool."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (Q, k)
+    return float(positive.gather(1, top).any(dim=1).float().mean())
 
 
 __all__ = ["retrieval_recall"]

@@ -3,8 +3,9 @@
 ``OnnxModel(DIR)`` reads ``manifest.json`` and opens the graphs on the CPU:
 ``encode_images(pixels)`` and ``encode_texts(ids)`` give L2-normalised embeddings and
 ``greedy(pixels)`` decodes captions token by token with the explicit key/value caches,
-the same greedy rule as ``vlm caption`` (argmax; finished rows padded; stop when every
-row has emitted the end token or the length limit is reached). ``preprocess(image)``
+vlm's greedy rule without the decoding guards (argmax; finished rows padded; stop when every
+row has emitted the end token or the length limit is reached): the raw tokens the export's
+parity checks compare (``vlm caption`` adds the guards of ``vlm.generation.guards``). ``preprocess(image)``
 applies the manifest's preprocessing with PIL and numpy.
 
 This module imports only the standard library, numpy, PIL and onnxruntime, so it can be

@@ -1,7 +1,8 @@
 """Caption decoding: the search loops, their options, and the rules that keep text sound.
 
     config.py   GenerationConfig (every option, default and bound; no torch) and SpecialTokens
-    decode.py   generate(): greedy, beam search, top-k/top-p sampling over a key/value cache
+    decode.py   generate(): greedy, beam search, top-k/top-p sampling over a key/value cache;
+                caption_texts(): the one guarded path every caption of vlm takes
     guards.py   refuse degenerate continuations (stutter, loops, dangling words); cut to a complete phrase
     lexicon.py  spell only words the checkpoint was trained on
 
@@ -10,14 +11,14 @@
 
 from vlm.generation.config import GenerationConfig, SpecialTokens
 
-__all__ = ["GenerationConfig", "SpecialTokens", "generate"]
+__all__ = ["GenerationConfig", "SpecialTokens", "caption_texts", "generate"]
 
 
 def __getattr__(name):
-    if name == "generate":
-        from vlm.generation.decode import generate
+    if name in ("generate", "caption_texts"):
+        from vlm.generation import decode
 
-        return generate
+        return getattr(decode, name)
     raise AttributeError(f"module 'vlm.generation' has no attribute {name!r}")
 
 

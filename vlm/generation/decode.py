@@ -24,7 +24,7 @@ from vlm.generation.guards import CANDIDATES, DegenerationGuard, block_repeated_
 from vlm.generation.config import GenerationConfig, SpecialTokens
 from vlm.model.packed_linear import packed_linears
 
-__all__ = ["GenerationConfig", "SpecialTokens", "generate"]
+__all__ = ["GenerationConfig", "SpecialTokens", "caption_texts", "generate"]
 
 
 class _Stepper:
@@ -133,6 +133,14 @@ def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = No
     if guard is not None:  # stopped mid-phrase (by the length limit or a guard): the dangling tail goes
         out = [guard.complete(row) for row in out]
     return out
+
+
+def caption_texts(model, images: Tensor, tokenizer, cfg: Optional[GenerationConfig] = None,
+                  lexicon=None) -> list[str]:
+    """Caption text for a (B, 3, H, W) batch: the one path every caption of vlm takes (``vlm caption``,
+    ``Pipeline.caption``, ``vlm evaluate``, ``vlm index --captions``, training samples), so the guards
+    (``cfg.block_degenerate``, default on) and the word list (``lexicon``) hold for all of them alike."""
+    return [tokenizer.decode(row).strip() for row in generate(model, images, tokenizer, cfg, lexicon=lexicon)]
 
 
 def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: int,

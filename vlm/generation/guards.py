@@ -22,8 +22,10 @@ Degeneration") motivate. Two guards, both options of ``GenerationConfig``:
   * dangles: puts a word that needs another after it (``DANGLING``: articles, possessive
     determiners, conjunctions, prepositions) right before a punctuation mark ("and a, circle"),
     or a determiner right before such a word ("a an", "the of"),
-  * or, for the end token, would end the caption on a blank, a comma or another separator, or
-    a ``DANGLING`` word ("three shapes on a").
+  * or, for the end token, would end the caption on a blank, a comma or another separator, a
+    ``DANGLING`` word ("three shapes on a"), or a noun phrase with no noun: a determiner followed
+    only by ``MODIFIERS``, size and colour words that need a noun after them ("a small",
+    "a large red"; a captioner far from its data, the default model on a microscope slide, ends so).
 
   The most likely acceptable token among the ``CANDIDATES`` best is taken instead (greedy), the
   sample is redrawn without the refused token (sampling), the candidate is skipped (beam search);
@@ -80,6 +82,10 @@ DANGLING = DETERMINERS | frozenset("""and or but nor than of to from with at by 
 # more than MAX_PHRASE_REPEATS times is a loop ("a red square red star red square red triangle red").
 FUNCTION_WORDS = DANGLING | frozenset("""is are was were be been there here it this that these those he she
                                        they him her them his""".split())
+# Size, colour and degree words: after a determiner they need a noun ("a small" is no phrase). Words that
+# often stand alone after "the" ("the other", "the same", "a few", "a little") are left out.
+MODIFIERS = frozenset("""small large big tiny huge medium tall wide narrow very red orange yellow green blue
+                       purple pink brown black white gray grey""".split())
 _BREAKS = frozenset(",;:.!?)]}")  # marks that close a phrase: no word of DANGLING may come right before one
 _ENDS = frozenset(".!?)]}\"'»”’")  # marks a complete caption may end on (a comma, a dash, "(" it may not)
 
@@ -150,14 +156,27 @@ def _loop(words: list[str], repeats: int) -> bool:
 
 
 def dangling_end(text: str) -> bool:
-    """True when ``text`` stops mid-phrase: on a blank, a comma or other separator, or a word that
-    needs another after it (``DANGLING``: "three shapes on a"). An empty text is not dangling."""
+    """True when ``text`` stops mid-phrase: on a blank, a comma or other separator, a word that
+    needs another after it (``DANGLING``: "three shapes on a"), or a determiner followed only by
+    ``MODIFIERS`` ("a small"). An empty text is not dangling."""
     if text != text.rstrip():
         return True
     if not text or _WORD.fullmatch(text[-1]) or text[-1] in _ENDS:
-        words = _WORD.findall(text)
-        return bool(words) and text.endswith(words[-1]) and words[-1].lower() in DANGLING
+        words = _WORD.findall(text.lower())
+        if not words or not text.lower().endswith(words[-1]):
+            return False
+        return words[-1] in DANGLING or _no_noun(words)
     return True
+
+
+def _no_noun(words: list[str]) -> bool:
+    """The words end on a determiner and one or more ``MODIFIERS`` ("a small", "the large red")."""
+    for i in range(len(words) - 1, -1, -1):
+        if words[i] in DETERMINERS:
+            return i < len(words) - 1
+        if words[i] not in MODIFIERS:
+            return False
+    return False
 
 
 class DegenerationGuard:

@@ -164,8 +164,6 @@ def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: Shard
 
 
 def _captions(pipe, x: torch.Tensor, cfg) -> list[str]:
-    from vlm.generation.config import SpecialTokens
-    from vlm.generation.decode import generate
+    from vlm.generation.decode import caption_texts
 
-    tok = pipe.tokenizer
-    return [tok.decode(r).strip() for r in generate(pipe.model, x, SpecialTokens.of(tok), cfg)]
+    return caption_texts(pipe.model, x, pipe.tokenizer, cfg, lexicon=pipe.lexicon)

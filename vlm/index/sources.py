@@ -46,14 +46,9 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from vlm.io.images import IMAGE_EXTENSIONS
+    from vlm.io.images import folder_images  # the folder rule of vlm caption / classify too
 
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames)
-                  if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith(".")]
-    return found
+    return [Path(p) for p in folder_images(folder)[0]]
 
 
 def _file_record(path: Path, caption: Optional[str] = None) -> Optional[Record]:

@@ -229,14 +229,40 @@ def as_image_list(images: Any, what: str = "images") -> list:
     return items
 
 
+def folder_images(folder) -> tuple[list[str], list[str]]:
+    """(image files, broken links) under ``folder``, recursively: the one way vlm reads a folder
+    (``vlm caption``/``classify``/``similarity`` and ``vlm index``). Files whose suffix is in
+    ``IMAGE_EXTENSIONS`` (case-insensitive), hidden files and folders (a leading ".") skipped,
+    symbolic links to folders not followed; sorted by name within a folder, a folder's files before
+    its sub-folders' (``a.png``, ``b.png``, ``cats/c.png``). Broken links: dangling symbolic links and
+    link loops with an image suffix. An unreadable ``folder`` raises ``OSError``."""
+    found: list[str] = []
+    bad: list[str] = []
+
+    def fail(exc: OSError):
+        if os.path.normpath(exc.filename or "") == os.path.normpath(os.fspath(folder)):
+            raise exc  # the folder itself; an unreadable sub-folder is left out
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=fail, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path):
+                found.append(path)
+            elif os.path.islink(path) and not os.path.exists(path):  # a loop or a dangling link
+                bad.append(path)
+    return found, bad
+
+
 def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[ImageLoadError]]:
     """Expand ``inputs`` into image paths, in input order.
 
-    A directory contributes its image files (suffix in ``IMAGE_EXTENSIONS``,
-    case-insensitive), sorted by name, not recursively.  A file is kept as
-    given whatever its suffix (pipes such as ``/dev/stdin`` too).  Missing paths,
-    dangling symbolic links and symbolic link loops (also inside a directory) and
-    image-less directories are returned as errors rather than raised.
+    A directory contributes its image files, recursively (``folder_images``: the same files
+    ``vlm index`` reads).  A file is kept as given whatever its suffix (pipes such as
+    ``/dev/stdin`` too).  Missing paths, dangling symbolic links and symbolic link loops (also
+    inside a directory) and image-less directories are returned as errors rather than raised.
     """
     paths: list[str] = []
     errors: list[ImageLoadError] = []
@@ -244,19 +270,11 @@ def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[ImageLoadErro
         item = os.fspath(item)
         if os.path.isdir(item):
             try:
-                names = sorted(os.listdir(item))
+                found, broken = folder_images(item)
             except OSError as exc:
                 errors.append(ImageLoadError(item, exc.strerror or "cannot list directory"))
                 continue
-            found, bad = [], []
-            for name in names:
-                path = os.path.join(item, name)
-                if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-                    continue
-                if os.path.isfile(path):
-                    found.append(path)
-                elif os.path.islink(path) and not os.path.exists(path):  # a loop or a dangling link
-                    bad.append(ImageLoadError(path, _missing_reason(path)))
+            bad = [ImageLoadError(path, _missing_reason(path)) for path in broken]
             if found or bad:
                 paths.extend(found)
                 errors.extend(bad)

@@ -67,9 +67,8 @@ class CaptionTask(Task):
         """Greedy captions of the first ``eval_captions`` validation images (not under FSDP)."""
         from accelerate.utils import DistributedType
 
-        from vlm.generation.config import GenerationConfig, SpecialTokens
-
-        from vlm.generation.decode import generate
+        from vlm.generation.config import GenerationConfig
+        from vlm.generation.decode import caption_texts
 
         n, val_set = self.cfg.eval_captions, self.val_set
         if n <= 0 or val_set is None or accelerator.distributed_type == DistributedType.FSDP:
@@ -84,7 +83,7 @@ class CaptionTask(Task):
         images = torch.stack([it["image"] for it in items]).to(accelerator.device)
         net.eval()
         with torch.no_grad():
-            ids = generate(net, images, SpecialTokens.of(self.tokenizer),
-                           GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
+            texts = caption_texts(net, images, self.tokenizer,  # the guards of `vlm caption`
+                                  GenerationConfig(max_tokens=net.cfg.decoder.context_length - 1))
         net.train()
-        return [f"{self.tokenizer.decode(row).strip()!r} (ref: {it['caption']!r})" for row, it in zip(ids, items)]
+        return [f"{text!r} (ref: {it['caption']!r})" for text, it in zip(texts, items)]
