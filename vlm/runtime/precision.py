@@ -95,7 +95,9 @@ def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.M
     quantised one; the model then takes float32 inputs. bf16 casts every floating tensor."""
     check_precision(precision, device)
     if precision == "bf16":
-        return model.to(torch.bfloat16)
+        model.to(torch.bfloat16)
+        _output_layer_in_float32(model)
+        return model
     if precision == "int8":
         engines = torch.backends.quantized.supported_engines
         if torch.backends.quantized.engine == "none" or torch.backends.quantized.engine not in engines:
@@ -105,6 +107,25 @@ def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.M
             warnings.simplefilter("ignore", UserWarning)
             return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return model
+
+
+def _to_float32(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def _output_layer_in_float32(model: nn.Module) -> None:
+    """The caption decoder's final norm and LM head back in float32, on float32 inputs.
+
+    bfloat16 keeps 8 bits of mantissa: logits near 10 round to steps of 1/16, so two candidates
+    a trained model ranks 0.01 apart come out exactly equal and the argmax takes the lower id.
+    On the default model these ties were nearly every bf16 disagreement (docs/precision.md). The
+    head is one matrix of the decoder's many, read once per step."""
+    decoder = getattr(model, "decoder", None)
+    if decoder is None:
+        return
+    for module in (decoder.norm_final, decoder.lm_head):
+        module.float()
+        module.register_forward_pre_hook(_to_float32)
 
 
 def input_dtype(model: nn.Module) -> torch.dtype:
