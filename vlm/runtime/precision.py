@@ -8,11 +8,11 @@ greedy stays near 5x"). Fewer bytes per weight is the way to fewer seconds per t
     bf16  weights, activations and the key/value cache in bfloat16 (half the bytes). Native on
           CPUs with AVX512-BF16 or AMX and on CUDA GPUs with bfloat16; elsewhere it runs, slowly,
           and ``to_precision`` warns once in one line
-    int8  PyTorch's dynamic int8 quantisation of every ``nn.Linear``
-          (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised per
-          batch, float32 everywhere else); CPU only. Chosen over onnxruntime's dynamic
-          quantisation of the exported graphs because it quantises the decoder too (the exported
-          graphs have no decoding loop) and needs no export (docs/precision.md)
+    int8  PyTorch's dynamic int8 quantisation of every ``nn.Linear`` but the caption decoder's
+          LM head (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised
+          per batch, float32 everywhere else); CPU only. PyTorch's rather than onnxruntime's, as
+          the decoding loop, the guards and the API run on PyTorch modules (docs/precision.md
+          gives what was measured of each)
 
     >>> model = to_precision(model, "bf16", torch.device("cpu"))   # in place; returns the model
     >>> x = images.to(input_dtype(model))
@@ -91,8 +91,9 @@ def check_precision(precision: str, device: torch.device) -> None:
 def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
     """``model`` (float32, eval mode, on ``device``) at ``precision``, converted in place.
 
-    Checked first (``check_precision``). int8 replaces each ``nn.Linear`` by a dynamically
-    quantised one; the model then takes float32 inputs. bf16 casts every floating tensor."""
+    Checked first (``check_precision``). int8 replaces each ``nn.Linear`` (the LM head excepted)
+    by a dynamically quantised one; the model then takes float32 inputs. bf16 casts every floating
+    tensor but the decoder's final norm and LM head (``_output_layer_in_float32``)."""
     check_precision(precision, device)
     if precision == "bf16":
         model.to(torch.bfloat16)
@@ -105,7 +106,9 @@ def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.M
         with warnings.catch_warnings():  # torch 2.9+ announces the eager API's move to torchao on every call
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)
-            return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+            linears = {name for name, m in model.named_modules()
+                       if isinstance(m, nn.Linear) and name != "decoder.lm_head"}  # the output layer: float32
+            return torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8, inplace=True)
     return model
 
 
