@@ -61,6 +61,9 @@ def step_tensors(model, image_kv: list) -> list:
 
 
 def floor(model, x, tokens: int, reps: int) -> dict:
+    """encode + first step, and (tokens - 1) x the time ``Tensor.sum`` takes over ``step_tensors``.
+    For int8 the sum accumulates into int64 and is slower than the decoder itself: there
+    ``bytes_per_step`` / the fp32 read rate is the meaningful floor (BENCHMARKS.md)."""
     import torch
 
     from vlm.generation.decode import _Stepper
