@@ -17,8 +17,7 @@ def build_parser() -> Parser:
     p = Parser(prog="vlm check-precision",
                description="Compare a model at a reduced precision with the same model in fp32, on your images.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    add_model_args(p, precision=True)
-    p.set_defaults(precision="bf16")
+    add_model_args(p, precision="bf16")
     return p
 
 

@@ -24,18 +24,18 @@ class Parser(argparse.ArgumentParser):
 PRECISIONS = ("fp32", "bf16", "int8")  # vlm.runtime.precision.PRECISIONS (a test keeps them equal; no torch here)
 
 
-def add_precision_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 (default), bf16 (weights and caches in bfloat16; fast on CPUs with AVX512-BF16 "
-                        "or AMX and on GPUs) or int8 (dynamic int8 linear layers; CPU). How close they stay "
-                        "to fp32 on your images: vlm check-precision (docs/precision.md)")
+def add_precision_arg(p: argparse.ArgumentParser, default: str = "fp32") -> None:
+    p.add_argument("--precision", default=default, choices=PRECISIONS,
+                   help=f"fp32, bf16 (weights and caches in bfloat16; fast on CPUs with AVX512-BF16 or AMX and "
+                        f"on GPUs) or int8 (dynamic int8 linear layers; CPU); default {default}. How close they "
+                        f"stay to fp32 on your images: vlm check-precision (docs/precision.md)")
 
 
 def add_model_args(p: argparse.ArgumentParser, image_size: bool = True, batch_size: bool = True,
-                   precision: bool = False) -> None:
+                   precision: Optional[str] = None) -> None:
     """--model, --pretrained, --device, --image-size, --batch-size, (``precision``) --precision and
     --json; a command that runs one image (explain) has no --batch-size and loads its model for
-    batches of one."""
+    batches of one. ``precision``: the --precision default, None for no such flag."""
     from vlm.runtime.limits import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_IMAGE_SIZE
 
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR",
@@ -52,8 +52,8 @@ def add_model_args(p: argparse.ArgumentParser, image_size: bool = True, batch_si
         p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                        help=f"images per forward pass (1..{MAX_BATCH_SIZE}, and it must fit in memory; "
                             f"default {DEFAULT_BATCH_SIZE})")
-    if precision:
-        add_precision_arg(p)
+    if precision is not None:
+        add_precision_arg(p, precision)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
