@@ -90,6 +90,12 @@ def worker(args) -> None:
                 out = model.generate(images, **kw)
             dt = time.perf_counter() - t0
             reply({"time": dt, "tokens": out[:, 1:].tolist()})
+        elif op == "encode":  # image embeddings of the first `batch` training images (scripts/benchmark_precision.py)
+            x = train_images[: cmd["batch"]]
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                emb = model.encode_image(x, normalize=True)
+            reply({"time": time.perf_counter() - t0, "first": emb[0, :4].tolist()})
         elif op == "train":
             if train_model is None:
                 train_model = copy.deepcopy(model).train()

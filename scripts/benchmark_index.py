@@ -92,6 +92,13 @@ def main(argv=None) -> int:
     cfg = config_from_open_clip(open_clip.get_model_config("ViT-B-32"))
     model = from_open_clip_model(oc, cfg).eval()
     pipe = Pipeline(model, CLIPBPETokenizer(), PreprocessConfig.for_model(cfg), torch.device("cpu"), name="ViT-B-32-random")
+    import copy
+
+    from vlm.runtime.precision import to_precision
+
+    pipes = {"fp32": pipe, "bf16": copy.copy(pipe)}  # the same pipeline with a bfloat16 copy of the model
+    pipes["bf16"].model = to_precision(copy.deepcopy(model), "bf16", torch.device("cpu"))
+    pipes["bf16"].precision = "bf16"
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_index_"))
     paths = make_jpegs(tmp / "jpegs", args.n)
@@ -104,7 +111,8 @@ def main(argv=None) -> int:
         res["open_clip"].append(args.n / dt)
         for precision in ("fp32", "bf16"):
             out = tmp / f"idx_{precision}_{rep}"
-            dt, reports[precision] = vlm_build(pipe, tmp / "jpegs", out, args.batch_size, args.workers, precision)
+            dt, reports[precision] = vlm_build(pipes[precision], tmp / "jpegs", out, args.batch_size, args.workers,
+                                               precision)
             res[f"vlm_{precision}"].append(args.n / dt)
             if rep == 0:
                 vec = np.concatenate([s.vectors() for s in committed_shards(out)])

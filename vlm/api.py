@@ -85,6 +85,7 @@ class Pipeline(ImageBatches):
 
     ood_notice = None  # a vlm.trust.ood.OODNotice, set by load() for checkpoints that ship ood.safetensors:
     # each call is one run (one notice counting every image); ``with pipe.ood_run():`` makes several calls one run
+    precision = "fp32"  # fp32 | bf16 | int8: set by load() (vlm.runtime.precision)
 
     def __init__(self, model, tokenizer, preprocess, device: torch.device, name: str = "",
                  templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -108,6 +109,13 @@ class Pipeline(ImageBatches):
 
             self._lexicon = Lexicon(self.caption_words, self.tokenizer)
         return self._lexicon
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """float32, or bfloat16 for a bf16 model."""
+        from vlm.runtime.precision import DTYPES
+
+        return DTYPES.get(self.precision, torch.float32)
 
     @property
     def can_caption(self) -> bool:
@@ -140,7 +148,7 @@ class Pipeline(ImageBatches):
         """(B, 3, S, S) model input of loaded images."""
         from vlm.io.images import preprocess_batch
 
-        return preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        return preprocess_batch(pil, self.preprocess_cfg).to(self.device, self.input_dtype)
 
     def ood_flags(self, x: torch.Tensor) -> list:
         """Per image of ``x``: far from the training data (True/False), counted into the run; None without a profile."""
@@ -298,7 +306,7 @@ def _chunks(items: list, size: int):
 
 
 def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_size: Optional[int] = None,
-         pretrained: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Pipeline:
+         pretrained: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32") -> Pipeline:
     """Load a shipped model name, a checkpoint directory, or a model of another library converted on
     load, ``open_clip:ARCH`` / ``hf:NAME`` / ``timm:NAME`` (open_clip, transformers and timm are
     dependencies of vlm; their weights come from a local file or cache, or the library's hub);
@@ -307,15 +315,19 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
 
     ``pretrained`` names the weights of an ``open_clip:ARCH`` model (a tag or a checkpoint file;
     the same as ``open_clip:ARCH@TAG``). ``image_size`` and ``batch_size`` are checked against
-    the memory of ``device`` here, before any image is read."""
+    the memory of ``device`` here, before any image is read. ``precision`` is ``"fp32"``,
+    ``"bf16"`` or ``"int8"`` (``vlm.runtime.precision``; docs/precision.md): checked against the
+    device before the weights are read."""
     from vlm.io.checkpoint import CheckpointMeta, load_checkpoint, read_config
     from vlm.io.images import PreprocessConfig
     from vlm.runtime.limits import check_batch_size, check_fits
+    from vlm.runtime.precision import check_precision, to_precision
 
     check_batch_size(batch_size)
     if pretrained is not None and not (name_or_dir or "").startswith("open_clip:"):
         raise InvalidOption("pretrained", pretrained, "goes with an open_clip:ARCH model name")
     dev = resolve_device(device)
+    check_precision(precision, dev)
     if name_or_dir and name_or_dir.startswith(("open_clip:", "hf:", "timm:")):
         from vlm.convert.remote import load_remote
 
@@ -339,7 +351,8 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
         if image_size is not None:
             cpipe.set_image_size(image_size)
         check_fits(model.cfg, cpipe.image_size, batch_size, device=dev)
-        cpipe.model = model.to(dev).eval()
+        cpipe.model = to_precision(model.to(dev).eval(), precision, dev)
+        cpipe.precision = precision
         return cpipe
     pre = PreprocessConfig.for_model(model.cfg)
     label = str(name_or_dir or DEFAULT_MODEL) + (f"@{pretrained}" if pretrained is not None else "")
@@ -349,7 +362,8 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     if image_size is not None:
         pipe.set_image_size(image_size)
     check_fits(model.cfg, pipe.image_size, batch_size, device=dev)  # before the weights move to the device
-    pipe.model = model.to(dev).eval()
+    pipe.model = to_precision(model.to(dev).eval(), precision, dev)
+    pipe.precision = precision
     if directory:
         from vlm.trust.ood import OODCheck, OODNotice
 

@@ -56,8 +56,9 @@ class ClassifierPipeline(ImageBatches):
 
     def _tensor(self, pil: list) -> torch.Tensor:
         from vlm.io.images import preprocess_batch
+        from vlm.runtime.precision import input_dtype
 
-        return preprocess_batch(pil, self.preprocess_cfg).to(self.device)
+        return preprocess_batch(pil, self.preprocess_cfg).to(self.device, input_dtype(self.model))
 
     def label_indices(self, labels: Optional[Sequence[str]]) -> list[int]:
         """Indices of ``labels`` among the model's (all of them for None); an unknown label is an error."""

@@ -17,7 +17,7 @@ def build_parser() -> Parser:
 
     p = Parser(prog="vlm caption", description="Caption images with a CoCa model.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    add_model_args(p)
+    add_model_args(p, precision="fp32")
     add_dataclass_flags(p, GenerationConfig, title="decoding (vlm.generation.GenerationConfig)")
     return p
 

@@ -28,7 +28,7 @@ def build_parser() -> Parser:
                    help='prompt template with one {} for the label ({{ }} for literal braces); repeat for an '
                         'ensemble (default: the model\'s)')
     p.add_argument("--top-k", type=int, default=5, help="labels to show per image")
-    add_model_args(p)
+    add_model_args(p, precision="fp32")
     return p
 
 

@@ -21,9 +21,21 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def add_model_args(p: argparse.ArgumentParser, image_size: bool = True, batch_size: bool = True) -> None:
-    """--model, --pretrained, --device, --image-size, --batch-size and --json; a command that runs one
-    image (explain) has no --batch-size and loads its model for batches of one."""
+PRECISIONS = ("fp32", "bf16", "int8")  # vlm.runtime.precision.PRECISIONS (a test keeps them equal; no torch here)
+
+
+def add_precision_arg(p: argparse.ArgumentParser, default: str = "fp32") -> None:
+    p.add_argument("--precision", default=default, choices=PRECISIONS,
+                   help=f"fp32, bf16 (weights and caches in bfloat16; fast on CPUs with AVX512-BF16 or AMX and "
+                        f"on GPUs) or int8 (dynamic int8 linear layers; CPU); default {default}. How close they "
+                        f"stay to fp32 on your images: vlm check-precision (docs/precision.md)")
+
+
+def add_model_args(p: argparse.ArgumentParser, image_size: bool = True, batch_size: bool = True,
+                   precision: Optional[str] = None) -> None:
+    """--model, --pretrained, --device, --image-size, --batch-size, (``precision``) --precision and
+    --json; a command that runs one image (explain) has no --batch-size and loads its model for
+    batches of one. ``precision``: the --precision default, None for no such flag."""
     from vlm.runtime.limits import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_IMAGE_SIZE
 
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR",
@@ -40,6 +52,8 @@ def add_model_args(p: argparse.ArgumentParser, image_size: bool = True, batch_si
         p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                        help=f"images per forward pass (1..{MAX_BATCH_SIZE}, and it must fit in memory; "
                             f"default {DEFAULT_BATCH_SIZE})")
+    if precision is not None:
+        add_precision_arg(p, precision)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -52,7 +66,8 @@ def load_pipeline(args):
     batch_size = getattr(args, "batch_size", 1)  # a command without --batch-size runs one image at a time
     check_batch_size(batch_size)  # before a model is read
     return vlm.api.load(args.model, device=args.device, image_size=getattr(args, "image_size", None),
-                    pretrained=getattr(args, "pretrained", None), batch_size=batch_size)
+                    pretrained=getattr(args, "pretrained", None), batch_size=batch_size,
+                    precision=getattr(args, "precision", "fp32"))
 
 
 @dataclass

@@ -48,7 +48,7 @@ def build_parser() -> Parser:
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow; needs Stanford CoreNLP jars)")
     p.add_argument("--no-meteor", action="store_true",
                    help="skip METEOR (its Java start-up loads a paraphrase table: about a minute on a busy CPU)")
-    add_model_args(p)
+    add_model_args(p, precision="fp32")
     p.set_defaults(batch_size=64)
     return p
 

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Optional
 
-from vlm.cli.common import Parser
+from vlm.cli.common import Parser, add_precision_arg
 from vlm.errors import UsageError
 
 
@@ -34,8 +34,7 @@ def build_parser() -> Parser:
                    help="faiss index (auto: exact up to 100k vectors, else IVF within --memory-budget)")
     p.add_argument("--memory-budget", type=float, default=8.0, metavar="GIB",
                    help="RAM the faiss index may take, in GiB (default 8)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="image tower precision (bf16: autocast; fast on CPUs with AMX/AVX-512 BF16 and on GPUs)")
+    add_precision_arg(p)
     p.add_argument("--shard-size", type=int, default=4096, metavar="N", help="embeddings per shard file")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return p

@@ -31,13 +31,14 @@ COMMANDS = {
     "index": ("vlm.cli.index", "embed images into a searchable index (incremental)"),
     "search": ("vlm.cli.search", "search an index with text or an image"),
     "serve": ("vlm.cli.serve", "web page and JSON API over an index"),
+    "check-precision": ("vlm.cli.check_precision", "how close bf16 or int8 stays to fp32 on your images"),
     "train": ("vlm.training.launch", "train a model: accelerate launch with training's exit status"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: vlm COMMAND [ARGS]   (vlm COMMAND --help for details)", "", "commands:"]
-    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ def build_parser() -> Parser:
     p.add_argument("--plot", metavar="FILE.png",
                    help=f"write a heatmap with thumbnails and texts ({', '.join(PLOT_FORMATS)} by the extension; "
                         f"PNG without one); checked writable before any work")
-    add_model_args(p)
+    add_model_args(p, precision="fp32")
     return p
 
 

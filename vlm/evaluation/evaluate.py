@@ -134,7 +134,8 @@ def evaluate_model(pipe, data_dir, split: Optional[str] = None, batch_size: int 
         chunk = [i for i, im in zip(chunk, images) if im is not None]
         if not chunk:
             continue
-        x = preprocess_batch([im for im in images if im is not None], pipe.preprocess_cfg).to(pipe.device)
+        x = preprocess_batch([im for im in images if im is not None], pipe.preprocess_cfg)
+        x = x.to(pipe.device, pipe.input_dtype)  # bfloat16 for a bf16 model
         embeds.append(pipe.model.encode_image(x).float().cpu())
         if gen_cfg is not None:
             texts = caption_texts(pipe.model, x, tok, gen_cfg, lexicon=pipe.lexicon)  # as `vlm caption` writes them

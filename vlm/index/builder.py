@@ -24,13 +24,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from vlm.errors import ModelError, UsageError
+from vlm.errors import InvalidOption, ModelError, UsageError
 from vlm.index import ann
 from vlm.index.store import (Shard, committed_shards, read_table, remove_partial, shard_dir, write_json,
                              write_table)
 
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "bf16")  # bf16: the image tower under autocast (CPUs with AMX / AVX-512 BF16, GPUs)
 
 
 @dataclass
@@ -131,18 +130,26 @@ def _check_model(out: Path, name: str, fp: str, dist: _Dist) -> None:
 def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] = None, *,
           batch_size: int = 32, device: Optional[str] = None, workers: Optional[int] = None,
           captions: bool = False, index_type: str = "auto", memory_budget: int = ann.DEFAULT_BUDGET,
-          shard_size: int = 4096, progress: bool = False, precision: str = "fp32",
+          shard_size: int = 4096, progress: bool = False, precision: Optional[str] = None,
           pipeline=None) -> BuildReport:
     """Index ``sources`` into ``out`` (see the module docstring). UsageError when no source has
-    an image or an option is out of range; ModelError when ``out`` was built with other weights."""
+    an image or an option is out of range; ModelError when ``out`` was built with other weights.
+
+    ``precision`` (fp32, bf16, int8: ``vlm.runtime.precision``) is that of the model loaded here
+    (default fp32); a given ``pipeline`` runs at its own, and ``precision`` must then be None or it."""
     if batch_size < 1:
         raise UsageError(f"batch size {batch_size}: must be at least 1")
     if shard_size < 1:
         raise UsageError(f"shard size {shard_size}: must be at least 1")
     if index_type not in ann.INDEX_TYPES:
         raise UsageError(f"index type {index_type!r}: must be one of {', '.join(ann.INDEX_TYPES)}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"precision {precision!r}: must be one of {', '.join(PRECISIONS)}")
+    if pipeline is not None and precision not in (None, pipeline.precision):
+        raise InvalidOption("precision", precision, f"the given pipeline runs at {pipeline.precision}")
+    if pipeline is None:
+        from vlm.api import resolve_device
+        from vlm.runtime.precision import check_precision
+
+        check_precision(precision or "fp32", resolve_device(device))  # before any source is read
     if workers is not None and workers < 0:
         raise UsageError(f"workers {workers}: must be 0 or more")
     from vlm.index.sources import gather
@@ -156,10 +163,16 @@ def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] =
     dist = _Dist()
     if pipeline is None:
         import vlm.api
+        from vlm.runtime.precision import to_precision
 
         pipeline = vlm.api.load(model, device=device)
+        fp = fingerprint(pipeline.model)  # of the float32 weights: an index may be updated at another precision
+        pipeline.model = to_precision(pipeline.model, precision or "fp32", pipeline.device)
+        pipeline.precision = precision or "fp32"
+    else:
+        fp = fingerprint(pipeline.model)
+    precision = pipeline.precision
     name = model or pipeline.name
-    fp = fingerprint(pipeline.model)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -182,8 +195,7 @@ def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] =
     mine = todo[dist.rank::dist.world]
     writer = ShardWriter(shard_dir(out), f"g{gen:05d}-r{dist.rank:03d}", shard_size)
     bad, seconds = embed_records(pipeline, mine, gathered.datasets, writer, batch_size,
-                                 workers if len(mine) > batch_size else 0, captions, progress and dist.is_main,
-                                 precision)
+                                 workers if len(mine) > batch_size else 0, captions, progress and dist.is_main)
     bad = dist.gather(bad)
     dist.barrier()
     report = BuildReport(count=0, embedded=len(todo) - len(bad), reused=len(live), skipped=sorted(bad),

@@ -122,9 +122,10 @@ class ShardWriter:
 
 
 def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: ShardWriter, batch_size: int,
-                  workers: int, captions: bool = False, progress: bool = False,
-                  precision: str = "fp32") -> tuple[list[str], float]:
-    """Embed ``records`` into shards; (["PATH: reason" per unreadable image], seconds)."""
+                  workers: int, captions: bool = False, progress: bool = False) -> tuple[list[str], float]:
+    """Embed ``records`` into shards at the pipeline's precision; (["PATH: reason" per unreadable image], seconds)."""
+    from vlm.runtime.precision import input_dtype
+
     loader = torch.utils.data.DataLoader(
         ImageRecords(records, datasets, pipe.preprocess_cfg), batch_size=batch_size, num_workers=workers,
         collate_fn=_collate, worker_init_fn=_one_thread if workers else None,
@@ -141,9 +142,8 @@ def embed_records(pipe, records: Sequence[Record], datasets: dict, writer: Shard
         for batch in loader:
             bad += [f"{records[i].key}: {reason}" for i, reason in batch["errors"]]
             if batch["x"] is not None:
-                x = batch["x"].to(pipe.device)
-                with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    emb = pipe.model.encode_image(x, normalize=False)
+                x = batch["x"].to(pipe.device, input_dtype(pipe.model))  # bfloat16 for a bf16 model
+                emb = pipe.model.encode_image(x, normalize=False)
                 emb = torch.nn.functional.normalize(emb.float(), dim=-1)  # normalised in float32
                 vectors = emb.cpu().numpy()  # (B, E)
                 texts = _captions(pipe, x, gen_cfg) if gen_cfg is not None else [None] * len(vectors)

@@ -1,0 +1,149 @@
+"""Reduced precision for inference: a loaded float32 model cast to bfloat16 or quantised to int8.
+
+Decoding a caption reads every weight matrix of the text tower and the decoder once per token,
+for a handful of rows: on a CPU the step is bound by the bytes it reads (BENCHMARKS.md, "Why
+greedy stays near 5x"). Fewer bytes per weight is the way to fewer seconds per token.
+
+    fp32  the model as trained (the default)
+    bf16  weights, activations and the key/value cache in bfloat16 (half the bytes). Native on
+          CPUs with AVX512-BF16 or AMX and on CUDA GPUs with bfloat16; elsewhere it runs, slowly,
+          and ``to_precision`` warns once in one line
+    int8  PyTorch's dynamic int8 quantisation of every ``nn.Linear`` but the caption decoder's
+          LM head (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised
+          per batch, float32 everywhere else); CPU only. PyTorch's rather than onnxruntime's, as
+          the decoding loop, the guards and the API run on PyTorch modules (docs/precision.md
+          gives what was measured of each)
+
+    >>> model = to_precision(model, "bf16", torch.device("cpu"))   # in place; returns the model
+    >>> x = images.to(input_dtype(model))
+
+A precision the machine cannot run (int8 on a GPU, bf16 on a GPU without it) raises
+``InvalidOption`` naming ``precision``. How close each precision stays to float32 on your own
+model and images: ``vlm check-precision`` (``vlm.runtime.agreement``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from vlm.errors import InvalidOption
+
+PRECISIONS = ("fp32", "bf16", "int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "int8": 1}
+_warned: list = []  # the slow-bf16 note, once per process
+
+
+class SlowPrecisionWarning(UserWarning):
+    """A precision that runs but is emulated on this machine (bf16 without AVX512-BF16 or AMX)."""
+
+    def cli_message(self) -> str:
+        return str(self)
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_native() -> bool:
+    """True when this CPU computes bfloat16 products natively (AVX512-BF16 or AMX-BF16).
+
+    Read from /proc/cpuinfo's flags (Linux); elsewhere, from oneDNN's own answer when this
+    torch exposes it."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raise ``InvalidOption`` when ``precision`` is unknown or cannot run on ``device``;
+    warn (``SlowPrecisionWarning``, one line) when it runs but is emulated there."""
+    if precision not in PRECISIONS:
+        raise InvalidOption("precision", precision, f"must be one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise InvalidOption("precision", precision, f"dynamic int8 quantisation runs on the CPU only, not "
+                                f"{device.type}; use bf16 there")
+        engines = set(torch.backends.quantized.supported_engines) - {"none"}
+        if not engines:
+            raise InvalidOption("precision", precision, "this PyTorch build has no quantised engine "
+                                "(fbgemm, x86, onednn or qnnpack)")
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise InvalidOption("precision", precision, f"{torch.cuda.get_device_name(device)} has no bfloat16")
+        if device.type == "cpu" and not cpu_bf16_native() and not _warned:
+            _warned.append(precision)  # once per process, however many checks
+            warnings.warn(SlowPrecisionWarning(
+                "precision bf16: this CPU has neither AVX512-BF16 nor AMX, so bfloat16 is emulated and will "
+                "be slower than fp32 (use fp32 or int8)"), stacklevel=3)
+
+
+def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """``model`` (float32, eval mode, on ``device``) at ``precision``, converted in place.
+
+    Checked first (``check_precision``). int8 replaces each ``nn.Linear`` (the LM head excepted)
+    by a dynamically quantised one; the model then takes float32 inputs. bf16 casts every floating
+    tensor but the decoder's final norm and LM head (``_output_layer_in_float32``)."""
+    check_precision(precision, device)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+        _output_layer_in_float32(model)
+        return model
+    if precision == "int8":
+        engines = torch.backends.quantized.supported_engines
+        if torch.backends.quantized.engine == "none" or torch.backends.quantized.engine not in engines:
+            torch.backends.quantized.engine = next(e for e in ("x86", "fbgemm", "onednn", "qnnpack") if e in engines)
+        with warnings.catch_warnings():  # torch 2.9+ announces the eager API's move to torchao on every call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            linears = {name for name, m in model.named_modules()
+                       if isinstance(m, nn.Linear) and name != "decoder.lm_head"}  # the output layer: float32
+            return torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8, inplace=True)
+    return model
+
+
+def _to_float32(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def _output_layer_in_float32(model: nn.Module) -> None:
+    """The caption decoder's final norm and LM head back in float32, on float32 inputs.
+
+    bfloat16 keeps 8 bits of mantissa: logits near 10 round to steps of 1/16, so two candidates
+    a trained model ranks 0.01 apart come out exactly equal and the argmax takes the lower id.
+    On the default model these ties were nearly every bf16 disagreement (docs/precision.md). The
+    head is one matrix of the decoder's many, read once per step."""
+    decoder = getattr(model, "decoder", None)
+    if decoder is None:
+        return
+    for module in (decoder.norm_final, decoder.lm_head):
+        module.float()
+        module.register_forward_pre_hook(_to_float32)
+
+
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model's inputs must have: that of its first floating parameter (float32 for
+    fp32 and int8 models, whose remaining parameters stay float32)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def precision_of(model: nn.Module) -> str:
+    """``"int8"`` when the model holds dynamically quantised linears, else fp32 or bf16 by its dtype."""
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    if any(isinstance(m, QLinear) for m in model.modules()):
+        return "int8"
+    return "bf16" if input_dtype(model) == torch.bfloat16 else "fp32"
