@@ -82,7 +82,8 @@ def test_binds_localhost_and_answers_the_json_api(server, index_dir):
     status, data = api(server, q="a red star", k=4)
     assert status == 200 and data["query"] == "a red star"
     hits = data["results"]
-    assert [h["rank"] for h in hits] == [1, 2, 3, 4] and set(hits[0]) == {"rank", "path", "score"}
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4] and set(hits[0]) == {"rank", "path", "score", "caption"}
+    assert data["index"] == index_dir.name
     assert all(hits[i]["score"] >= hits[i + 1]["score"] for i in range(3))
     import vlm.index
 

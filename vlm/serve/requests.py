@@ -180,12 +180,12 @@ def parse_caption(body: dict, limits: Limits, pipeline) -> CaptionRequest:
     for key in options:
         if key not in known:
             raise RequestError(f"options.{key}", f"unknown option (known: {', '.join(known)})")
-    names, images = _images(body, limits)
     try:
         cfg = pipeline.generation_config(**options)
     except (VlmError, TypeError, ValueError) as e:
         field = next((f"options.{k}" for k in options if k in str(e)), "options")
         raise RequestError(field, str(e)) from None
+    names, images = _images(body, limits)
     return CaptionRequest(names, images, cfg)
 
 
