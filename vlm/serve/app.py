@@ -8,6 +8,7 @@
     POST /api/embed         {"images", "texts"} -> L2-normalised embeddings
     GET  /api/search?q=TEXT&k=K[&index=NAME]; POST /api/search multipart ``image`` or JSON {q|image|embedding, k, index}
     GET  /image?path=P, /thumb?path=P   an indexed image (only exact row paths of a served index)
+    POST /knn-service, GET /indices-list, POST /metadata   clip-retrieval's protocol (vlm.serve.clip_retrieval)
 
 A bad request gets a 4xx with ``{"error": "FIELD: reason"}``; see docs/serve.md.
 """
@@ -146,6 +147,10 @@ def create_app(backend, batcher, limits: Limits = Limits(), api_key: Optional[st
             if isinstance(e, RequestError):
                 raise
             return bad(str(e))
+
+    from vlm.serve import clip_retrieval
+
+    clip_retrieval.add_routes(app, backend, limits)
 
     def indexed_file(path: str):
         """The file of an indexed row, or None: only exact row paths, only existing files."""
