@@ -170,6 +170,7 @@ def _browser():
     return None
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(server, tmp_path):
     browser = _browser()
     if browser is None:
@@ -206,6 +207,18 @@ def test_page_in_headless_chromium(server, tmp_path):
         assert shot.stat().st_size > 5000
         if os.environ.get("VLM_DOCS_SCREENSHOT"):
             shutil.copy(shot, DOCS_SCREENSHOT)
+        assert hits[0].find_element(By.CLASS_NAME, "caption").text  # each result shows its caption
+        import vlm
+
+        upload = sorted(Path(hits[0].get_attribute("title")).parent.glob("*.png"))[0]
+        driver.find_element(By.ID, "labels").send_keys("<b>red</b> star, blue triangle")
+        driver.find_element(By.ID, "caption-image").send_keys(str(upload))
+        WebDriverWait(driver, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#caption-out .label")) == 2)
+        pipe = vlm.load()
+        assert driver.find_element(By.CSS_SELECTOR, "#caption-out .caption").text == pipe.caption([str(upload)])[0]
+        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#caption-out .label")]
+        assert any(t.startswith("<b>red</b> star ") for t in labels)  # user text shown as text, not markup
+        assert not driver.find_elements(By.CSS_SELECTOR, "#caption-out b")
         driver.get(hits[0].get_attribute("href"))  # clicking opens the full image
     finally:
         driver.quit()
