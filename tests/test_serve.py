@@ -82,7 +82,8 @@ def test_binds_localhost_and_answers_the_json_api(server, index_dir):
     status, data = api(server, q="a red star", k=4)
     assert status == 200 and data["query"] == "a red star"
     hits = data["results"]
-    assert [h["rank"] for h in hits] == [1, 2, 3, 4] and set(hits[0]) == {"rank", "path", "score", "ood"}  # the default model has an OOD profile
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4] and set(hits[0]) == {"rank", "path", "score", "caption", "ood"}  # the default model has an OOD profile
+    assert data["index"] == index_dir.name
     assert all(hits[i]["score"] >= hits[i + 1]["score"] for i in range(3))
     import vlm.index
 
@@ -169,6 +170,7 @@ def _browser():
     return None
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(server, tmp_path):
     browser = _browser()
     if browser is None:
@@ -205,6 +207,18 @@ def test_page_in_headless_chromium(server, tmp_path):
         assert shot.stat().st_size > 5000
         if os.environ.get("VLM_DOCS_SCREENSHOT"):
             shutil.copy(shot, DOCS_SCREENSHOT)
+        assert hits[0].find_element(By.CLASS_NAME, "caption").text  # each result shows its caption
+        import vlm
+
+        upload = sorted(Path(hits[0].get_attribute("title")).parent.glob("*.png"))[0]
+        driver.find_element(By.ID, "labels").send_keys("<b>red</b> star, blue triangle")
+        driver.find_element(By.ID, "caption-image").send_keys(str(upload))
+        WebDriverWait(driver, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#caption-out .label")) == 2)
+        pipe = vlm.load()
+        assert driver.find_element(By.CSS_SELECTOR, "#caption-out .caption").text == pipe.caption([str(upload)])[0]
+        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#caption-out .label")]
+        assert any(t.startswith("<b>red</b> star ") for t in labels)  # user text shown as text, not markup
+        assert not driver.find_elements(By.CSS_SELECTOR, "#caption-out b")
         driver.get(hits[0].get_attribute("href"))  # clicking opens the full image
     finally:
         driver.quit()
