@@ -251,3 +251,22 @@ def test_non_local_host_without_key_warns_once(index_dir):
     proc, url, seen = start_server([str(index_dir), "--host", "0.0.0.0"])
     stop(proc)
     assert sum("warning" in line for line in seen) == 1 and "without an API key" in "".join(seen)
+
+
+def test_precision_flag_serves_the_reduced_precision_model(index_dir):
+    """vlm serve --precision bf16 answers as vlm.load(precision="bf16") does, and /api/info says so."""
+    import vlm
+
+    path = images(index_dir, 1)[0]
+    proc, url, _ = start_server(["--model", "default", "--precision", "bf16"])
+    try:
+        status, info, _ = call(url + "api/info")
+        assert status == 200 and info["precision"] == "bf16"
+        status, body, _ = call(url + "api/caption", {"images": [b64(path)]})
+        assert status == 200
+        assert body["results"][0]["caption"] == vlm.load(precision="bf16").caption(str(path))[0]
+    finally:
+        stop(proc)
+    proc = subprocess.run([sys.executable, "-m", "vlm.cli.main", "serve", "--model", "default", "--precision", "fp16"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--precision" in proc.stderr and "Traceback" not in proc.stderr

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Optional
 
-from vlm.cli.common import Parser
+from vlm.cli.common import Parser, add_precision_arg
 from vlm.errors import UsageError
 
 
@@ -30,6 +30,7 @@ def build_parser() -> Parser:
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="require the API key in environment variable VAR (Authorization: Bearer KEY)")
     p.add_argument("--device", default=None, help="cpu or cuda")
+    add_precision_arg(p)
     return p
 
 
@@ -57,7 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm.serve.batching import Batcher
     from vlm.serve.requests import Limits
 
-    backend = Backend.load(args.model, args.index, device=args.device)
+    backend = Backend.load(args.model, args.index, device=args.device, precision=args.precision)
     limits = Limits(max_images=args.max_batch, max_queue=args.max_queue, timeout_s=args.timeout)
     batcher = Batcher(backend.run_batch, args.max_batch, args.max_wait_ms, args.max_queue)
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -28,8 +28,10 @@ class Backend:
         self.lock = threading.Lock()  # one model call at a time
 
     @classmethod
-    def load(cls, model: Optional[str] = None, indexes: Sequence[str] = (), device: Optional[str] = None):
-        """Load ``model`` (default: the model named by the first index) and open ``indexes`` with it;
+    def load(cls, model: Optional[str] = None, indexes: Sequence[str] = (), device: Optional[str] = None,
+             precision: str = "fp32"):
+        """Load ``model`` (default: the model named by the first index) at ``precision`` (fp32, bf16,
+        int8: ``vlm.runtime.precision``) and open ``indexes`` with it;
         ModelError (one line) for an index built with other weights."""
         import vlm.api
         from vlm.index.search import open_index
@@ -38,7 +40,7 @@ class Backend:
             from vlm.index.search import open_index as _open
 
             model = _open(indexes[0]).info["model"]
-        pipe = vlm.api.load(model, device=device)
+        pipe = vlm.api.load(model, device=device, precision=precision)
         opened = {}
         for path in indexes:
             name = Path(path).name
@@ -139,7 +141,8 @@ class Backend:
 
     def info(self) -> dict:
         cfg = self.pipeline.model.cfg
-        return {"model": self.pipeline.name, "dim": self.dim, "can_caption": self.pipeline.can_caption,
+        return {"model": self.pipeline.name, "precision": self.pipeline.precision, "dim": self.dim,
+                "can_caption": self.pipeline.can_caption,
                 "image_size": self.pipeline.image_size, "context_length": cfg.text.context_length,
                 "indexes": {n: {"size": len(ix), "path": str(ix.path), "model": ix.info["model"]}
                             for n, ix in self.indexes.items()}}
