@@ -50,7 +50,7 @@ REDUCE = [
     (r"(scripts/train\.py --config configs/micro\.yaml)$", r"\1 steps=2"),
     (r"(accelerate launch scripts/train\.py --config configs/classify_shapes\.yaml)$",
      r"\1 steps=4 warmup_steps=1 eval_every=2 save_every=2"),
-    (r"^(python scripts/benchmark_digits\.py .*)$", r"\1 --steps 4"),
+    (r"^(python benchmarks/digits\.py .*)$", r"\1 --steps 4"),
     (r"^(vlm evaluate .*)$", r"\1 --no-spice --no-meteor"),
 ]
 
