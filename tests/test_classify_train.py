@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_vlm
+from conftest import ForkServer, run_python, run_vlm
 from test_train import ENV, TWO_CPU_PROCESSES, losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +37,11 @@ def data_args(root: Path) -> list[str]:
 
 
 def run_train(args: list[str], launcher: list[str] | None = None, timeout: int = 300):
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), "--config", CONFIG, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    """``python scripts/train.py`` (forked from a warm interpreter: conftest.run_python), or under ``launcher``."""
+    script = [str(ROOT / "scripts" / "train.py"), "--config", CONFIG, *args]
+    if launcher is None:
+        return run_python(script, env=ENV, cwd=ROOT, timeout=timeout, preload=ForkServer.TRAIN_PRELOAD)
+    return subprocess.run(launcher + script, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def val_metrics(stdout: str) -> dict[int, dict[str, float]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import free_port
+from conftest import ForkServer, free_port, run_python
 from vlm.data.shapes_dir import generate_shapes
 from vlm.training import load_train_config, train
 from vlm.training.optim import decays
@@ -41,8 +41,11 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def run_script(args: list[str], launcher: list[str] | None = None, timeout: int = 240, config: str = MICRO):
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), "--config", config, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    """``python scripts/train.py`` (forked from a warm interpreter: conftest.run_python), or under ``launcher``."""
+    script = [str(ROOT / "scripts" / "train.py"), "--config", config, *args]
+    if launcher is None:
+        return run_python(script, env=ENV, cwd=ROOT, timeout=timeout, preload=ForkServer.TRAIN_PRELOAD)
+    return subprocess.run(launcher + script, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def losses(path: Path) -> dict[int, float]:
