@@ -146,19 +146,31 @@ class ForkServer:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
         self._read(600)  # {"ready": true}
 
+    MAX_SERVERS = 3  # one per environment; a test with its own environment (HF_HOME=tmp...) runs fresh
+
+    @staticmethod
+    def _key(env: dict, preload: list[str] | None) -> tuple:
+        env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}  # changes per test; read by no import
+        return tuple(sorted(env.items())) + tuple(preload or ForkServer.PRELOAD)
+
+    @classmethod
+    def can_serve(cls, env: dict, preload: list[str] | None) -> bool:
+        return cls._key(env, preload) in cls._servers or len(cls._servers) < cls.MAX_SERVERS
+
     @classmethod
     def get(cls, env: dict, preload: list[str]) -> "ForkServer":
-        env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}  # changes per test; read by no import
-        key = tuple(sorted(env.items())) + tuple(preload)
+        key = cls._key(env, preload)
         if key not in cls._servers or cls._servers[key].proc.poll() is not None:
             cls._servers[key] = cls(env, preload)
         return cls._servers[key]
 
     @classmethod
     def close_all(cls) -> None:
-        for server in cls._servers.values():
-            server.proc.stdin.close()
+        for server in cls._servers.values():  # idle between requests: nothing of a test runs in it
+            server.proc.kill()
             server.proc.wait(timeout=60)
+            server.proc.stdin.close()
+            server.proc.stdout.close()
         cls._servers.clear()
 
     def _read(self, timeout: float) -> dict:
@@ -197,7 +209,7 @@ def run_python(cmd: list[str], *, env: dict, cwd=REPO, timeout: float = 180, fre
                preload: list[str] | None = None) -> subprocess.CompletedProcess:
     """``python *cmd`` (``-m MODULE ...`` or ``SCRIPT ...``) as ``subprocess.run(capture_output=True, text=True)``
     gives it; forked from a warm interpreter unless ``fresh`` (see :func:`run_vlm`)."""
-    if fresh or os.environ.get("VLM_TEST_FRESH_PROCESSES") == "1":
+    if fresh or os.environ.get("VLM_TEST_FRESH_PROCESSES") == "1" or not ForkServer.can_serve(env, preload):
         return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     return ForkServer.get(env, preload or ForkServer.PRELOAD).run(cmd, env, cwd, timeout)
 

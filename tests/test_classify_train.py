@@ -52,6 +52,7 @@ def val_metrics(stdout: str) -> dict[int, dict[str, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_fine_tuning_reaches_accuracy_and_exports_a_classifier(shapes_cls, tmp_path):
     from vlm.classify.checkpoint import load_classifier
     from vlm.classify.data import open_labelled
@@ -78,6 +79,7 @@ def test_fine_tuning_reaches_accuracy_and_exports_a_classifier(shapes_cls, tmp_p
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_zero_shot_head_gives_the_zero_shot_accuracy_at_step_0(shapes_cls, tmp_path):
     # the run's own step-0 evaluation equals `vlm classify` with the same labels and templates
     templates = ["one {}", "a picture of one {}"]
@@ -103,6 +105,7 @@ def test_zero_shot_head_gives_the_zero_shot_accuracy_at_step_0(shapes_cls, tmp_p
     assert r.returncode == 0 and 0 not in val_metrics(r.stdout), r.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_higher_resolution_fine_tuning(shapes_cls, tmp_path):
     from vlm.classify.checkpoint import load_classifier
 
@@ -120,6 +123,7 @@ def test_higher_resolution_fine_tuning(shapes_cls, tmp_path):
     assert c.returncode == 0, c.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_on_the_same_trajectory(shapes_cls, tmp_path):
     from vlm.training import load_train_config, train
 
@@ -138,6 +142,7 @@ def test_interrupted_run_resumes_on_the_same_trajectory(shapes_cls, tmp_path):
     assert torch.allclose(torch.tensor([a[s] for s in a]), torch.tensor([b[s] for s in a]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_every_image_once(shapes_cls, tmp_path):
     from vlm.classify.checkpoint import load_classifier
     from vlm.classify.data import open_labelled

@@ -230,6 +230,7 @@ def _run_transcript(block: Block, clone: Path, env: dict) -> None:
         assert proc.stdout.splitlines() == lines[n + 1:end], f"{block}: {lines[n]} prints something else"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", documents(), ids=lambda d: str(d.relative_to(REPO)))
 def test_document_blocks_run_in_a_fresh_clone(doc, tmp_path):
     """Each document in its own fresh clone, its blocks in order (a later block may use what an

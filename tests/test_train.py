@@ -80,6 +80,7 @@ def test_a_run_off_a_terminal_has_no_progress_bar_and_says_one_process(shapes, t
     assert "1 process, device cpu, mixed precision no" in r.stdout and ", NO," not in r.stdout, r.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_bf16_accumulation_checkpointing_eval_and_tensorboard(shapes, tmp_path):
     # one micro run with the features a GPU run uses: bf16 autocast (CPU here), 2 micro-batches per
     # optimizer step, gradient checkpointing, evaluation every 4 steps, TensorBoard scalars
@@ -110,6 +111,7 @@ def test_bf16_accumulation_checkpointing_eval_and_tensorboard(shapes, tmp_path):
     assert r.returncode == 0 and "fp16 unavailable on cpu, training in float32" in r.stdout, r.stdout[-1000:]
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_launch(shapes, tmp_path):
     r = run_script([f"data.root={shapes}", f"output_dir={tmp_path}", "steps=4", "save_every=2",
                     "data.batch_size=8"], TWO_CPU_PROCESSES)
@@ -128,6 +130,7 @@ def test_two_process_accelerate_launch(shapes, tmp_path):
     assert lrs(tmp_path / "losses.jsonl") == pytest.approx(lrs(tmp_path / "one" / "losses.jsonl"))
 
 
+@pytest.mark.slow
 def test_processes_that_cannot_talk_are_refused(shapes, tmp_path):
     # torchrun with no GPU and no ACCELERATE_USE_CPU: two unconnected copies would train
     env = {k: v for k, v in ENV.items() if k != "ACCELERATE_USE_CPU"}
@@ -141,6 +144,7 @@ def test_processes_that_cannot_talk_are_refused(shapes, tmp_path):
     assert not (tmp_path / "losses.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_with_unequal_and_empty_batches(tmp_path):
     # 40 of 64 images missing, 4 pairs per process: batches of different sizes on the two
     # processes, and batches that are empty on one process only (all skip them together)
@@ -165,6 +169,7 @@ RESUME_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
 def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path, case):
     data = shapes
@@ -208,6 +213,7 @@ def shapes_imagefolder(shapes, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_streaming_hf_data_trains_and_resumes_on_the_same_trajectory(shapes_imagefolder, tmp_path):
     # 320 rows streamed (20 of them without their image), 32 a batch, a 64-row shuffle buffer:
     # 9-10 batches a pass, so 14 steps cross a pass; the tokenizer is trained on the stream's captions
@@ -239,6 +245,7 @@ def test_streaming_validation_reports_loss_and_sample_captions(shapes_imagefolde
     assert len(re.findall(r"^  '.*' \(ref: '.+'\)$", out, flags=re.M)) == 2, out
 
 
+@pytest.mark.slow
 def test_streaming_on_two_processes(shapes_imagefolder, tmp_path):
     r = run_script(["data.kind=hf", f"data.root={shapes_imagefolder}", "data.streaming=true", "data.val_split=null",
                     "data.batch_size=8", "steps=4", f"output_dir={tmp_path}"], TWO_CPU_PROCESSES)
@@ -259,6 +266,7 @@ def test_data_without_one_usable_batch_stops_with_one_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_two_process_run_resumes_on_the_same_trajectory(shapes, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     # 320 pairs, 16 per process: 10 global steps per epoch, the resumed part crosses an epoch
