@@ -140,6 +140,7 @@ class ForkServer:
     PRELOAD = ["torch", "numpy", "PIL.Image", "safetensors.torch", "vlm.api", "vlm.generation.decode"]
     TRAIN_PRELOAD = [*PRELOAD, "accelerate", "vlm.training.loop"]  # for scripts/train.py  # not vlm.cli.main: it runs as __main__
     _servers: dict[tuple, "ForkServer"] = {}
+    child_cpu_s = 0.0  # CPU seconds of every forked child so far
 
     def __init__(self, env: dict, preload: list[str]):
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fork_server.py"), *preload],
@@ -196,7 +197,9 @@ class ForkServer:
             self.proc.stdin.flush()
             pid = self._read(60)["pid"]
             try:
-                status = self._read(timeout)["status"]
+                done = self._read(timeout)
+                status = done["status"]
+                ForkServer.child_cpu_s += done["cpu_s"]  # not a child of pytest: counted here for timing reports
             except TimeoutError:
                 os.killpg(pid, signal.SIGKILL)
                 self._read(60)

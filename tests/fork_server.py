@@ -12,8 +12,8 @@ stderr on the files named in the request, the request's working directory, envir
 (``runpy.run_path``, as ``python SCRIPT``) at the top level of this file, so it ends exactly as
 the interpreter ends such a program: ``SystemExit`` gives the status, an uncaught exception
 prints its traceback and gives 1, atexit handlers and non-daemon threads run at exit.
-The server answers ``{"pid": N}`` at once and ``{"status": S}`` when the child has ended
-(S as ``subprocess`` gives it: negative for a signal).
+The server answers ``{"pid": N}`` at once and ``{"status": S, "cpu_s": T}`` when the child has
+ended (S as ``subprocess`` gives it: negative for a signal; T its user + system CPU seconds).
 
 What it cannot show, and what therefore keeps a fresh interpreter (``conftest.run_vlm(...,
 fresh=True)`` or a plain ``subprocess.run``): which modules start-up imports, an environment
@@ -40,8 +40,8 @@ def serve(reply) -> dict | None:
         if pid == 0:
             return req
         reply({"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        reply({"status": os.waitstatus_to_exitcode(status)})
+        _, status, usage = os.wait4(pid, 0)
+        reply({"status": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime})
     return None
 
 
