@@ -86,6 +86,10 @@ def worker(args) -> None:
             _set_threads(cmd["n"])
             reply({"threads": cmd["n"]})
             continue
+        if op == "train_reset":  # each --busy round trains afresh from the same weights, as vlm's side does
+            train_model = opt = None
+            reply({"train_reset": True})
+            continue
         if op in ("greedy", "beam"):
             n = cmd["tokens"]
             kw = dict(seq_len=n + 1, min_seq_len=n, sot_token_id=SOT, eos_token_id=EOT, pad_token_id=PAD)
@@ -306,6 +310,7 @@ def run(args, model, images, train_images, train_text, w) -> dict:
                        "open_clip_lengths": sorted({len([t for t in r if t != PAD]) for r in out["oc"]["tokens"]})}
     if "train" not in args.skip:
         clear_cache(model)
+        w.ask(op="train_reset")
         tm = copy.deepcopy(model).train()
         opt = torch.optim.AdamW(tm.parameters(), lr=1e-5)
         loss_fn = CoCaLoss(contrastive_weight=1.0, caption_weight=2.0, pad_id=PAD)
