@@ -61,6 +61,53 @@ def become(req: dict) -> None:
     sys.argv = [req["target"], *req["args"]]
 
 
+def run(request: dict) -> int:
+    """Run the command; end as the interpreter ends a program, less the teardown of every module.
+
+    Non-daemon threads are joined and atexit handlers run (weakref finalizers included) as at any
+    exit; what is skipped is freeing the preloaded modules (torch: about a second of CPU in a
+    forked child, which a cheap command that never imports torch would not pay).
+    """
+    import threading
+    import traceback
+
+    try:
+        if request["kind"] == "module":
+            sys.path[0] = os.getcwd()  # as `python -m` puts it
+            runpy.run_module(request["target"], run_name="__main__", alter_sys=True)
+        else:
+            sys.path[0] = os.path.dirname(os.path.abspath(request["target"]))
+            runpy.run_path(request["target"], run_name="__main__")
+        code = 0
+    except SystemExit as e:  # the interpreter's rules: None -> 0, an int, anything else printed -> 1
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:  # as the interpreter: the traceback, then death by SIGINT
+        import signal
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    threading._shutdown()  # join non-daemon threads, as Py_Finalize does first
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    return code & 0xFF
+
+
 if __name__ == "__main__":
     proto = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol stays on the pipe the client reads
     os.dup2(2, 1)  # stray prints of the server go to its stderr, never into the protocol
@@ -72,9 +119,4 @@ if __name__ == "__main__":
         proto.close()
         become(request)
         del request["env"]
-        if request["kind"] == "module":
-            sys.path[0] = os.getcwd()  # as `python -m` puts it
-            runpy.run_module(request["target"], run_name="__main__", alter_sys=True)
-        else:
-            sys.path[0] = os.path.dirname(os.path.abspath(request["target"]))
-            runpy.run_path(request["target"], run_name="__main__")
+        os._exit(run(request))
