@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -120,10 +121,104 @@ def open_clip_submodule(name: str):
     return importlib.import_module(f"{alias}.{name}")
 
 
-def run_vlm(*args, timeout: float = 180, env=None) -> subprocess.CompletedProcess:
-    """Run the real `vlm` console entry point as a subprocess."""
+def run_vlm(*args, timeout: float = 180, env=None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `vlm` console entry point as a subprocess.
+
+    A child forked from a warm interpreter (``tests/fork_server.py``: a real process, without the
+    seconds of importing torch); ``fresh=True``, an environment other than the suite's, or
+    ``VLM_TEST_FRESH_PROCESSES=1`` starts a fresh interpreter instead.
+    """
     full_env = {**os.environ, **(env or {})}
     full_env.pop("VLM_DEBUG", None)
     full_env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, "-m", "vlm.cli.main", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, cwd=REPO)
+    return run_python(["-m", "vlm.cli.main", *map(str, args)], env=full_env, cwd=REPO, timeout=timeout, fresh=fresh)
+
+
+class ForkServer:
+    """The client of ``tests/fork_server.py``: one warm interpreter per environment, started on first use."""
+
+    PRELOAD = ["torch", "numpy", "PIL.Image", "safetensors.torch", "vlm.api", "vlm.generation.decode"]
+    TRAIN_PRELOAD = [*PRELOAD, "accelerate", "vlm.training.loop"]  # for scripts/train.py  # not vlm.cli.main: it runs as __main__
+    _servers: dict[tuple, "ForkServer"] = {}
+    child_cpu_s = 0.0  # CPU seconds of every forked child so far
+
+    def __init__(self, env: dict, preload: list[str]):
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fork_server.py"), *preload],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        self._read(600)  # {"ready": true}
+
+    MAX_SERVERS = 3  # one per environment; a test with its own environment (HF_HOME=tmp...) runs fresh
+
+    @staticmethod
+    def _key(env: dict, preload: list[str] | None) -> tuple:
+        env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}  # changes per test; read by no import
+        return tuple(sorted(env.items())) + tuple(preload or ForkServer.PRELOAD)
+
+    @classmethod
+    def can_serve(cls, env: dict, preload: list[str] | None) -> bool:
+        return cls._key(env, preload) in cls._servers or len(cls._servers) < cls.MAX_SERVERS
+
+    @classmethod
+    def get(cls, env: dict, preload: list[str]) -> "ForkServer":
+        key = cls._key(env, preload)
+        if key not in cls._servers or cls._servers[key].proc.poll() is not None:
+            cls._servers[key] = cls(env, preload)
+        return cls._servers[key]
+
+    @classmethod
+    def close_all(cls) -> None:
+        for server in cls._servers.values():  # idle between requests: nothing of a test runs in it
+            server.proc.kill()
+            server.proc.wait(timeout=60)
+            server.proc.stdin.close()
+            server.proc.stdout.close()
+        cls._servers.clear()
+
+    def _read(self, timeout: float) -> dict:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"fork server died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def run(self, cmd: list[str], env: dict, cwd, timeout: float) -> subprocess.CompletedProcess:
+        import signal
+        import tempfile
+
+        kind, target, args = ("module", cmd[1], cmd[2:]) if cmd[0] == "-m" else ("path", cmd[0], cmd[1:])
+        with tempfile.TemporaryDirectory(prefix="vlm-fork-") as tmp:
+            out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+            self.proc.stdin.write(json.dumps({"kind": kind, "target": target, "args": args, "env": env,
+                                              "cwd": str(cwd), "stdout": out, "stderr": err}) + "\n")
+            self.proc.stdin.flush()
+            pid = self._read(60)["pid"]
+            try:
+                done = self._read(timeout)
+                status = done["status"]
+                ForkServer.child_cpu_s += done["cpu_s"]  # not a child of pytest: counted here for timing reports
+            except TimeoutError:
+                os.killpg(pid, signal.SIGKILL)
+                self._read(60)
+                raise subprocess.TimeoutExpired([sys.executable, *cmd], timeout) from None
+            with open(out, encoding="utf-8", errors="replace") as fo, open(err, encoding="utf-8", errors="replace") as fe:
+                return subprocess.CompletedProcess([sys.executable, *cmd], status, fo.read(), fe.read())
+
+
+def run_python(cmd: list[str], *, env: dict, cwd=REPO, timeout: float = 180, fresh: bool = False,
+               preload: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``python *cmd`` (``-m MODULE ...`` or ``SCRIPT ...``) as ``subprocess.run(capture_output=True, text=True)``
+    gives it; forked from a warm interpreter unless ``fresh`` (see :func:`run_vlm`)."""
+    if fresh or os.environ.get("VLM_TEST_FRESH_PROCESSES") == "1" or not ForkServer.can_serve(env, preload):
+        return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    return ForkServer.get(env, preload or ForkServer.PRELOAD).run(cmd, env, cwd, timeout)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fork_servers():
+    """The warm interpreters end with the session."""
+    yield
+    ForkServer.close_all()

@@ -12,7 +12,7 @@ overwrites open_clip parameters that are left uninitialised (``torch.empty``).
 (attentional pooler, appended CLS, decoder) at tiny width and depth, for fast tests.
 
 A test helper, not part of the package: used by tests/test_convert_*.py, and by scripts/check_parity.py
-and scripts/benchmark_generate.py (which put tests/ on sys.path).
+and benchmarks/generate.py (which put tests/ on sys.path).
 """
 
 from __future__ import annotations

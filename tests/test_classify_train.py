@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_vlm
+from conftest import ForkServer, run_python, run_vlm
 from test_train import ENV, TWO_CPU_PROCESSES, losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +37,11 @@ def data_args(root: Path) -> list[str]:
 
 
 def run_train(args: list[str], launcher: list[str] | None = None, timeout: int = 300):
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), "--config", CONFIG, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    """``python scripts/train.py`` (forked from a warm interpreter: conftest.run_python), or under ``launcher``."""
+    script = [str(ROOT / "scripts" / "train.py"), "--config", CONFIG, *args]
+    if launcher is None:
+        return run_python(script, env=ENV, cwd=ROOT, timeout=timeout, preload=ForkServer.TRAIN_PRELOAD)
+    return subprocess.run(launcher + script, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def val_metrics(stdout: str) -> dict[int, dict[str, float]]:
@@ -50,6 +52,7 @@ def val_metrics(stdout: str) -> dict[int, dict[str, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_fine_tuning_reaches_accuracy_and_exports_a_classifier(shapes_cls, tmp_path):
     from vlm.classify.checkpoint import load_classifier
     from vlm.classify.data import open_labelled
@@ -76,6 +79,7 @@ def test_fine_tuning_reaches_accuracy_and_exports_a_classifier(shapes_cls, tmp_p
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_zero_shot_head_gives_the_zero_shot_accuracy_at_step_0(shapes_cls, tmp_path):
     # the run's own step-0 evaluation equals `vlm classify` with the same labels and templates
     templates = ["one {}", "a picture of one {}"]
@@ -101,6 +105,7 @@ def test_zero_shot_head_gives_the_zero_shot_accuracy_at_step_0(shapes_cls, tmp_p
     assert r.returncode == 0 and 0 not in val_metrics(r.stdout), r.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_higher_resolution_fine_tuning(shapes_cls, tmp_path):
     from vlm.classify.checkpoint import load_classifier
 
@@ -118,6 +123,7 @@ def test_higher_resolution_fine_tuning(shapes_cls, tmp_path):
     assert c.returncode == 0, c.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_on_the_same_trajectory(shapes_cls, tmp_path):
     from vlm.training import load_train_config, train
 
@@ -136,6 +142,7 @@ def test_interrupted_run_resumes_on_the_same_trajectory(shapes_cls, tmp_path):
     assert torch.allclose(torch.tensor([a[s] for s in a]), torch.tensor([b[s] for s in a]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_every_image_once(shapes_cls, tmp_path):
     from vlm.classify.checkpoint import load_classifier
     from vlm.classify.data import open_labelled

@@ -2,7 +2,8 @@
 
 Bad input must give one clear line naming the input and the reason, exit 1 when
 some inputs failed (the good ones still processed), exit 2 for usage or model
-errors, and never a traceback.
+errors, and never a traceback. The bad-input, bad-checkpoint and usage-error cases run in a fresh
+interpreter (``fresh=True``); the others in a child forked from a warm one (conftest.run_vlm).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def test_caption_good_images_text_and_json(tiny_checkpoint, sample_images):
 def test_bad_inputs_reported_and_good_ones_still_processed(command, tiny_checkpoint, sample_images):
     inputs = [sample_images["good"], *(sample_images[k] for k in BAD), sample_images["good_dir"]]
     extra = ["--labels", "cat,dog"] if command == "classify" else ["--max-tokens", "3"]
-    proc = run_vlm(command, *inputs, "--model", tiny_checkpoint, "--json", *extra)
+    proc = run_vlm(command, *inputs, "--model", tiny_checkpoint, "--json", *extra, fresh=True)  # a fresh process
     _no_traceback(proc)
     assert proc.returncode == 1, proc.stderr
     objs = _json_lines(proc.stdout)
@@ -131,7 +132,7 @@ def test_bad_checkpoint_exit_2(tiny_checkpoint, sample_images, tmp_path, damage,
         (ckpt / "config.json").write_text(json.dumps(cfg))
     else:
         ckpt = tmp_path / "nothing-here"
-    proc = run_vlm("caption", sample_images["good"], "--model", ckpt)
+    proc = run_vlm("caption", sample_images["good"], "--model", ckpt, fresh=True)
     _no_traceback(proc)
     assert proc.returncode == 2
     assert words in proc.stderr and str(ckpt) in proc.stderr
@@ -141,7 +142,7 @@ def test_bad_checkpoint_exit_2(tiny_checkpoint, sample_images, tmp_path, damage,
 def test_usage_errors_are_one_line(sample_images, tiny_checkpoint):
     for args in (["caption"], ["caption", sample_images["good"], "--beams", "x"], ["frobnicate"],
                  ["caption", sample_images["good"], "--model", tiny_checkpoint, "--beams", "0"]):
-        proc = run_vlm(*args)
+        proc = run_vlm(*args, fresh=True)
         _no_traceback(proc)
         assert proc.returncode == 2, args
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -53,7 +53,7 @@ REDUCE = [
     (r"(scripts/train\.py --config configs/micro\.yaml)$", r"\1 steps=2"),
     (r"(accelerate launch scripts/train\.py --config configs/classify_shapes\.yaml)$",
      r"\1 steps=4 warmup_steps=1 eval_every=2 save_every=2"),
-    (r"^(python scripts/benchmark_digits\.py .*)$", r"\1 --steps 4"),
+    (r"^(python benchmarks/digits\.py .*)$", r"\1 --steps 4"),
     (r"^(vlm evaluate .*)$", r"\1 --no-spice --no-meteor"),
 ]
 
@@ -254,6 +254,7 @@ def user_folder(tmp_path_factory):
     return {"clone": clone, "env": environment(clone, home), "done": set()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", documents(), ids=lambda d: str(d.relative_to(REPO)))
 def test_document_blocks_run_in_sequence_in_one_folder(doc, user_folder):
     """The documents in sequence in one folder, as a user reads them: this one after every document

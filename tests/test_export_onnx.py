@@ -4,7 +4,7 @@ loop of its own (vlm.export.onnx_runtime: numpy + onnxruntime only), the same ca
 Models: the shipped default CoCa, and open_clip's coca_ViT-B-32 and ViT-B-32 layouts (tiny widths,
 every structural switch kept: attentional pooler, appended CLS with the legacy mask, EOT pooling)
 converted to vlm with random non-degenerate weights. The full-size figures are in BENCHMARKS.md
-(scripts/benchmark_export.py).
+(benchmarks/export.py).
 """
 
 from __future__ import annotations

@@ -156,6 +156,7 @@ def test_incremental_add_change_delete(shapes, tmp_path):
     assert hit.path == str((photos / "new1.png").resolve()) and hit.score == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_uninterrupted_index(shapes, tmp_path):
     import vlm.index
 

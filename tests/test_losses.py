@@ -27,6 +27,7 @@ def test_contrastive_loss_is_symmetric_cross_entropy():
     assert contrastive_loss(img, img, torch.tensor(100.0)) < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shards", ["even", "uneven"])
 def test_contrastive_loss_across_two_gloo_processes_equals_single_process(tmp_path, shards):
     # uneven: rank 0 holds 3 of the 8 pairs, rank 1 five (a batch that lost unreadable images)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import free_port
+from conftest import ForkServer, free_port, run_python
 from vlm.data.shapes_dir import generate_shapes
 from vlm.training import load_train_config, train
 from vlm.training.optim import decays
@@ -41,8 +41,11 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def run_script(args: list[str], launcher: list[str] | None = None, timeout: int = 240, config: str = MICRO):
-    cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), "--config", config, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    """``python scripts/train.py`` (forked from a warm interpreter: conftest.run_python), or under ``launcher``."""
+    script = [str(ROOT / "scripts" / "train.py"), "--config", config, *args]
+    if launcher is None:
+        return run_python(script, env=ENV, cwd=ROOT, timeout=timeout, preload=ForkServer.TRAIN_PRELOAD)
+    return subprocess.run(launcher + script, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def losses(path: Path) -> dict[int, float]:
@@ -77,6 +80,7 @@ def test_a_run_off_a_terminal_has_no_progress_bar_and_says_one_process(shapes, t
     assert "1 process, device cpu, mixed precision no" in r.stdout and ", NO," not in r.stdout, r.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_bf16_accumulation_checkpointing_eval_and_tensorboard(shapes, tmp_path):
     # one micro run with the features a GPU run uses: bf16 autocast (CPU here), 2 micro-batches per
     # optimizer step, gradient checkpointing, evaluation every 4 steps, TensorBoard scalars
@@ -107,6 +111,7 @@ def test_bf16_accumulation_checkpointing_eval_and_tensorboard(shapes, tmp_path):
     assert r.returncode == 0 and "fp16 unavailable on cpu, training in float32" in r.stdout, r.stdout[-1000:]
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_launch(shapes, tmp_path):
     r = run_script([f"data.root={shapes}", f"output_dir={tmp_path}", "steps=4", "save_every=2",
                     "data.batch_size=8"], TWO_CPU_PROCESSES)
@@ -125,6 +130,7 @@ def test_two_process_accelerate_launch(shapes, tmp_path):
     assert lrs(tmp_path / "losses.jsonl") == pytest.approx(lrs(tmp_path / "one" / "losses.jsonl"))
 
 
+@pytest.mark.slow
 def test_processes_that_cannot_talk_are_refused(shapes, tmp_path):
     # torchrun with no GPU and no ACCELERATE_USE_CPU: two unconnected copies would train
     env = {k: v for k, v in ENV.items() if k != "ACCELERATE_USE_CPU"}
@@ -138,6 +144,7 @@ def test_processes_that_cannot_talk_are_refused(shapes, tmp_path):
     assert not (tmp_path / "losses.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_with_unequal_and_empty_batches(tmp_path):
     # 40 of 64 images missing, 4 pairs per process: batches of different sizes on the two
     # processes, and batches that are empty on one process only (all skip them together)
@@ -162,6 +169,7 @@ RESUME_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
 def test_interrupted_run_resumes_on_the_same_trajectory(shapes, tmp_path, case):
     data = shapes
@@ -205,6 +213,7 @@ def shapes_imagefolder(shapes, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_streaming_hf_data_trains_and_resumes_on_the_same_trajectory(shapes_imagefolder, tmp_path):
     # 320 rows streamed (20 of them without their image), 32 a batch, a 64-row shuffle buffer:
     # 9-10 batches a pass, so 14 steps cross a pass; the tokenizer is trained on the stream's captions
@@ -243,6 +252,7 @@ def test_streaming_validation_reports_loss_and_sample_captions(shapes_imagefolde
         assert not any(map(degenerate_text, prefixes)) and not dangling_end(text), samples
 
 
+@pytest.mark.slow
 def test_streaming_on_two_processes(shapes_imagefolder, tmp_path):
     r = run_script(["data.kind=hf", f"data.root={shapes_imagefolder}", "data.streaming=true", "data.val_split=null",
                     "data.batch_size=8", "steps=4", f"output_dir={tmp_path}"], TWO_CPU_PROCESSES)
@@ -263,6 +273,7 @@ def test_data_without_one_usable_batch_stops_with_one_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_two_process_run_resumes_on_the_same_trajectory(shapes, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     # 320 pairs, 16 per process: 10 global steps per epoch, the resumed part crosses an epoch

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ForkServer, run_python
 from vlm.data.shapes_dir import generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +34,10 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def vlm_train(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlm.cli.main", "train", "--config", MICRO, *map(str, args)],
-                          cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    """`vlm train` as a real process (forked from a warm interpreter: conftest.run_python; its launcher's
+    training processes are fresh ones)."""
+    return run_python(["-m", "vlm.cli.main", "train", "--config", MICRO, *map(str, args)], env={**ENV, **(env or {})},
+                      cwd=ROOT, timeout=timeout, preload=ForkServer.TRAIN_PRELOAD)
 
 
 def error_lines(proc) -> list[str]:
@@ -82,6 +85,7 @@ def test_launch_option_errors_are_one_line(shapes, tmp_path):
     one_line(vlm_train(*common, "steps"), 2, "steps: neither a key=value override nor an accelerate launch option")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("procs", [[], TWO], ids=["1-process", "2-processes"])
 def test_failures_inside_the_training_processes_keep_their_status(shapes, tmp_path, procs):
     # a non-finite loss at step 2: exit 1, the step named once (every process stops together)
@@ -93,6 +97,7 @@ def test_failures_inside_the_training_processes_keep_their_status(shapes, tmp_pa
     one_line(r, 2, "fewer than one batch of 1000")
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_and_exit_0(shapes, tmp_path):
     r = vlm_train(f"data.root={shapes}", f"output_dir={tmp_path}", "steps=2", "data.batch_size=8", *TWO)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -106,6 +111,7 @@ def test_two_cpu_processes_train_and_exit_0(shapes, tmp_path):
     ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
      "--dynamo_backend", "no"],
 ], ids=["simple", "torchrun"])
+@pytest.mark.slow
 def test_plain_accelerate_launch_prints_the_line_once_and_exits_1(shapes, tmp_path, launcher):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(ROOT / "scripts" / "train.py"),
            "--config", MICRO, f"data.root={shapes}", f"output_dir={tmp_path}", "steps=0"]
@@ -132,6 +138,7 @@ def _checkpoint_written(out: Path) -> bool:
     ["--cpu", "--num_processes", "1"],
     ["--multi_gpu", "--num_processes", "2"],
 ], ids=["1-process", "2-processes"])
+@pytest.mark.slow
 def test_kill_9_of_the_launcher_leaves_no_orphan_and_the_run_resumes(shapes, tmp_path, launcher):
     import time
 
@@ -178,6 +185,7 @@ def test_kill_9_of_the_launcher_leaves_no_orphan_and_the_run_resumes(shapes, tmp
     assert (out / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("procs", [[], TWO], ids=["1-process", "2-processes"])
 def test_ctrl_c_stops_every_process_with_130_and_one_line(shapes, tmp_path, procs):
     import signal

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ForkServer, run_python
 from vlm.data.shapes_dir import generate_shapes
 from vlm.training import load_train_config, train
 
@@ -52,12 +53,12 @@ def test_resumed_log_reads_like_an_uninterrupted_one(shapes, tmp_path):
 
 def test_reused_output_dir_is_refused_and_left_as_it_was(shapes, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", MICRO, f"data.root={shapes}",
-            "steps=2", f"output_dir={out}"]
-    assert subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, timeout=240).returncode == 0
+    args = [str(ROOT / "scripts" / "train.py"), "--config", MICRO, f"data.root={shapes}", "steps=2", f"output_dir={out}"]
+    run = lambda: run_python(args, env=ENV, cwd=ROOT, timeout=240, preload=ForkServer.TRAIN_PRELOAD)  # noqa: E731
+    assert run().returncode == 0
     log = (out / "losses.jsonl").read_text()
     weights = (out / "model" / "model.safetensors").read_bytes()
-    r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    r = run()
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert lines[-1] == (f"train.py: error: output_dir={out}: already holds a training run (losses.jsonl, "
@@ -106,6 +107,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_save_pretrained_killed_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     """kill -9 a process that saves in a loop: the directory always loads, whole."""
     from vlm.io.checkpoint import load_config, load_state_dict

@@ -4,7 +4,7 @@ embedded through every prompt template, the normalised embeddings are averaged a
 ``class_embeddings`` builds them at scale: the prompts are tokenised once, sorted by length
 and run in batches of similar length, and the text tower runs no trailing padding (exact for a
 causal tower), so 1,000 classes x 18 templates cost a fraction of running every prompt at 77
-positions (open_clip's ``build_zero_shot_classifier``; scripts/benchmark_zeroshot.py).
+positions (open_clip's ``build_zero_shot_classifier``; benchmarks/zeroshot.py).
 
 ``zero_shot_head`` puts them in a classifier's head (WiSE-FT, Wortsman et al. 2022; FLYP):
 on the ``"embedding"`` feature, logits = logit_scale * cosine, exactly the zero-shot logits,

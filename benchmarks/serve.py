@@ -7,7 +7,7 @@ The model is open_clip's ``coca_ViT-B-32`` with random non-degenerate weights
 ``vlm serve --model DIR`` in a subprocess on 127.0.0.1. ``--busy 1`` runs one busy-looping process
 beside it (the machine is shared: os.getloadavg() is recorded with each figure).
 
-    python scripts/benchmark_serve.py [--clients 16] [--per-client 2] [--busy 0|1]
+    python benchmarks/serve.py [--clients 16] [--per-client 2] [--busy 0|1]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Models: the shipped default model, and coca_ViT-B-32 at full size with random no
 
 Both sides get the same thread count (``--threads``). Figures go to BENCHMARKS.md.
 
-    python scripts/benchmark_export.py --threads 1 --reps 5 --json-out bench_export.json
+    python benchmarks/export.py --threads 1 --reps 5 --json-out bench_export.json
 """
 
 from __future__ import annotations

@@ -6,26 +6,21 @@ open_clip runs every prompt at 77 positions; vlm sorts the prompts by length and
 batch only up to its longest prompt (exact for the causal text tower). The class embeddings
 must agree within 1e-5.
 
-    python scripts/benchmark_zeroshot.py                          # 1,000 classes x 18 templates
-    python scripts/benchmark_zeroshot.py --classes 200 --busy 1   # beside one busy process
+    python benchmarks/zeroshot.py --repeats 1                          # 1,000 classes x 18 templates
+    python benchmarks/zeroshot.py --classes 200 --repeats 3 --busy 1   # beside one busy process
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import subprocess
-import sys
-import time
+import harness
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--templates", type=int, default=18)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--busy", type=int, default=0, help='start N `python -c "while 1: pass"` neighbours')
+    p.set_defaults(repeats=1, warmup=0)
     args = p.parse_args(argv)
 
     import open_clip
@@ -48,27 +43,27 @@ def main(argv=None) -> int:
     names = list(IMAGENET_CLASSNAMES[: args.classes])
     templates = list(OPENAI_IMAGENET_TEMPLATES[: args.templates])  # callables in open_clip
     as_text = [t("{}") for t in templates]
-    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
-    try:
+    out: dict = {}
+    diffs: list[float] = []
+
+    def open_clip_side() -> None:
+        out["ref"] = build_zero_shot_classifier(oc, open_clip.get_tokenizer("ViT-B-32"), names, templates,
+                                                num_classes_per_batch=10)  # (E, C)
+
+    def vlm_side() -> None:
+        out["ours"] = class_embeddings(pipe, names, as_text)  # (C, E)
+
+    def measure() -> dict:
         with torch.no_grad():
-            t0 = time.perf_counter()
-            ref = build_zero_shot_classifier(oc, open_clip.get_tokenizer("ViT-B-32"), names, templates,
-                                             num_classes_per_batch=10)  # (E, C)
-            t_oc = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            ours = class_embeddings(pipe, names, as_text)  # (C, E)
-            t_vlm = time.perf_counter() - t0
-    finally:
-        for b in busy:
-            b.kill()
-    diff = float((ref.t() - ours).abs().max())
-    out = {"classes": len(names), "templates": len(templates), "prompts": len(names) * len(templates),
-           "open_clip_s": round(t_oc, 2), "vlm_s": round(t_vlm, 2), "speedup": round(t_oc / t_vlm, 2),
-           "max_abs_diff": diff, "threads": args.threads, "busy": args.busy, "machine": platform.processor() or
-           platform.machine()}
-    print(json.dumps(out))
-    return 0 if diff <= 1e-5 else 1
+            res = harness.interleave({"open_clip": open_clip_side, "vlm": vlm_side}, args.repeats, warmup=args.warmup)
+        diffs.append(float((out["ref"].t() - out["ours"]).abs().max()))
+        return {**res, "speedup": round(harness.ratio(res, "open_clip", "vlm"), 3), "max_abs_diff": diffs[-1]}
+
+    harness.run("zeroshot", args, measure, versions=("torch", "open_clip_torch"), extra={
+        "classes": len(names), "templates": len(templates), "prompts": len(names) * len(templates),
+        "threads": args.threads})
+    return 0 if max(diffs) <= 1e-5 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -6,7 +6,7 @@ the JPEGs (open_clip: its own eval transform, in the loop; vlm: DataLoader worke
 vlm also writes shards, parquet and the faiss index. The two are interleaved and repeated and
 medians compared, because the machine is shared. Also: an unchanged re-run (incremental).
 
-    python scripts/benchmark_index.py [--n 256] [--threads 2] [--repeats 3] [--batch-size 32]
+    python benchmarks/index.py [--n 256] [--threads 2] [--repeats 3] [--batch-size 32]
 """
 
 from __future__ import annotations

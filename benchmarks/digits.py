@@ -11,7 +11,7 @@ loop (``vlm.training.train`` with a ``task: classify`` config built below), vlm 
 default model's embedding, and a classical baseline (multinomial logistic regression on the 64
 raw pixels).
 
-    python scripts/benchmark_digits.py --out runs/digits
+    python benchmarks/digits.py --out runs/digits
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ to recall@10 >= 0.95 on its held-out sample). Reports build time, memory, recall
 search and the in-process p50/p99 of one query (batch of 1, after encoding) on one thread and all.
 clip-retrieval's back end quotes ~50 ms per query.
 
-    python scripts/benchmark_search.py [--n 1000000] [--dim 512] [--threads 2]
-    python scripts/benchmark_search.py --cli-index INDEX   # a real index: whole `vlm search` process,
+    python benchmarks/search.py [--n 1000000] [--dim 512] [--threads 2]
+    python benchmarks/search.py --cli-index INDEX   # a real index: whole `vlm search` process,
                                                            # in-process text query (encode + search)
 """
 

@@ -4,7 +4,7 @@ CoCa at open_clip's ``coca_ViT-B-32`` with random, non-degenerate weights
 (``tests/parity_weights.py: randomize_``), converted to vlm; vlm runs it at fp32, bf16 and int8
 (``vlm.runtime.precision.to_precision``), open_clip in float32 in its own interpreter
 (``--openclip-python``: open_clip's ``CoCa.generate`` needs transformers < 4.56; the worker of
-``scripts/benchmark_generate.py``). Interleaved (vlm fp32, bf16, int8, open_clip, ...), medians:
+``benchmarks/generate.py``). Interleaved (vlm fp32, bf16, int8, open_clip, ...), medians:
 
 - greedy: B images x N tokens, the full length forced on both sides, with each precision's memory
   floor: encode + (N - 1) x the time to read the bytes one later step must read at that precision
@@ -14,7 +14,7 @@ CoCa at open_clip's ``coca_ViT-B-32`` with random, non-degenerate weights
   agreement teacher-forced on fp32's greedy tokens. Random weights give nearly flat next-token
   distributions, so the token figure judges nothing about a trained model (docs/precision.md).
 
-    python scripts/benchmark_precision.py --openclip-python /work/venv-oc/bin/python --reps 3 \\
+    python benchmarks/precision.py --openclip-python /work/venv-oc/bin/python --reps 3 \\
         [--busy 1] --json-out precision.json
 """
 
@@ -25,7 +25,7 @@ import copy
 import json
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as scripts/benchmark_generate.py, for both sides
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks/generate.py, for both sides
 import statistics
 import subprocess
 import sys
@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[0] / "tests"))  # parity_weights
-sys.path.insert(0, str(HERE))  # benchmark_generate: the open_clip worker, the machine line
+sys.path.insert(0, str(HERE))  # generate: the open_clip worker; harness: the machine line
 
 SOT, EOT, PAD = 49406, 49407, 0
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from benchmark_generate import Worker, machine
+    from generate import Worker
+    from harness import machine
     from parity_weights import randomize_
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
     from vlm.generation.config import GenerationConfig, SpecialTokens

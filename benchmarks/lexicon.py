@@ -6,7 +6,7 @@ without it (the decoding guards on in both), interleaved (ABBA, after a warm-up)
 medians of wall and CPU time (``time.process_time``, less hit by other
 processes on a shared machine) are printed. The captions with the list are checked equal to those without it.
 
-    python scripts/benchmark_lexicon.py --images data/shapes_val/images --n 16 --reps 7
+    python benchmarks/lexicon.py --images data/shapes_val/images --n 16 --reps 7
 """
 
 from __future__ import annotations

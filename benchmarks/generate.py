@@ -1,14 +1,14 @@
-"""Benchmark vlm against open_clip on the same CoCa weights: caption generation and a training step.
+"""Caption generation and a training step: vlm vs open_clip on the same CoCa weights, idle and busy.
 
 CoCa (Yu et al. 2022) at open_clip's real ``coca_ViT-B-32`` architecture with random,
 non-degenerate weights (``tests/parity_weights.py: randomize_``), converted to vlm with
-``vlm.convert.open_clip``. Measured in one run, interleaved (vlm, open_clip, vlm,
-open_clip, ...) so machine noise hits both sides alike; medians are reported:
+``vlm.convert.open_clip``. Interleaved round by round (vlm, open_clip, vlm, ...;
+``benchmarks/harness.py``) so machine noise hits both sides alike; medians are reported:
 
 - greedy: B images x N tokens, the full length forced on both sides (vlm
   ``min_tokens = max_tokens = N``; open_clip ``seq_len = N + 1, min_seq_len = N``, top-k 1,
   i.e. greedy). The first N - 1 tokens must be identical (open_clip forces its last
-  token to end-of-text);
+  token to end-of-text). Beside it, the float32 memory floor of any cached greedy decoder;
 - beam search with K beams, same lengths (open_clip's ``CoCa.generate(generation_type="beam_search",
   num_beam_groups=1)``);
 - a training step: forward + CoCa loss (contrastive + 2 x caption) + backward + AdamW step,
@@ -18,8 +18,11 @@ open_clip 3.3's ``CoCa.generate`` needs transformers < 4.56, so the open_clip si
 own interpreter (``--openclip-python``, e.g. a venv with ``transformers==4.55.*``) as a worker
 process; weights and inputs travel in a safetensors file, commands and results as JSON lines.
 
-    python scripts/benchmark_generate.py --openclip-python /work/venv-oc/bin/python --reps 5 \
-        --json-out bench.json
+    python benchmarks/generate.py --openclip-python /work/venv-oc/bin/python --repeats 5 \
+        --beam-repeats 3 --threads 2 --json-out bench.json
+    # speed on a busy machine (issue 13 item 22): greedy only, the CLI's thread choice, idle then 2 busy
+    python benchmarks/generate.py --openclip-python /work/venv-oc/bin/python --skip beam train \
+        --repeats 3 --threads auto --busy 0 2 --busy-kind matmul --json-out busy.json
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # parity_weights: the test helpers
+import harness  # noqa: E402
+
+sys.path.insert(0, str(harness.REPO / "tests"))  # parity_weights: the test helpers
 
 SOT, EOT, PAD = 49406, 49407, 0
 
@@ -78,6 +82,14 @@ def worker(args) -> None:
         op = cmd["op"]
         if op == "quit":
             break
+        if op == "threads":
+            _set_threads(cmd["n"])
+            reply({"threads": cmd["n"]})
+            continue
+        if op == "train_reset":  # each --busy round trains afresh from the same weights, as vlm's side does
+            train_model = opt = None
+            reply({"train_reset": True})
+            continue
         if op in ("greedy", "beam"):
             n = cmd["tokens"]
             kw = dict(seq_len=n + 1, min_seq_len=n, sot_token_id=SOT, eos_token_id=EOT, pad_token_id=PAD)
@@ -90,7 +102,7 @@ def worker(args) -> None:
                 out = model.generate(images, **kw)
             dt = time.perf_counter() - t0
             reply({"time": dt, "tokens": out[:, 1:].tolist()})
-        elif op == "encode":  # image embeddings of the first `batch` training images (scripts/benchmark_precision.py)
+        elif op == "encode":  # image embeddings of the first `batch` training images (benchmarks/precision.py)
             x = train_images[: cmd["batch"]]
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -142,20 +154,8 @@ class Worker:
 # ----------------------------------------------------------------------------- vlm side
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for ln in out.splitlines():
-            if ln.startswith("Model name:"):
-                model = ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs visible"
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--openclip-python", default="/work/venv-oc/bin/python",
                    help="interpreter with open_clip_torch and transformers<4.56")
     p.add_argument("--arch", default="coca_ViT-B-32")
@@ -163,13 +163,10 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=30)
     p.add_argument("--beams", type=int, default=3)
     p.add_argument("--train-batch", type=int, default=8)
-    p.add_argument("--reps", type=int, default=5, help="timed greedy and training repetitions per side")
-    p.add_argument("--beam-reps", type=int, default=3, help="timed beam-search repetitions per side")
+    p.add_argument("--beam-repeats", type=int, default=3, help="timed beam-search rounds per side")
     p.add_argument("--threads", default="2", help="torch threads on each side, or 'auto': what the vlm CLI "
-                   "chooses for the machine as it is (vlm/runtime/threads.py)")
-    p.add_argument("--busy", type=int, default=0, help="run beside this many `python -c 'while 1: pass'` processes")
+                   "chooses for the machine as it is at the start of each --busy round (vlm/runtime/threads.py)")
     p.add_argument("--skip", nargs="*", default=[], choices=["greedy", "beam", "train"])
-    p.add_argument("--json-out", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--state", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -183,19 +180,7 @@ def main(argv=None) -> int:
 
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
     from parity_weights import randomize_
-    from vlm.generation.config import GenerationConfig
-    from vlm.generation.decode import generate
-    from vlm.training.losses import CoCaLoss
 
-    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
-    time.sleep(1.0 if busy else 0.0)
-    load_start = os.getloadavg()[0]
-    if args.threads == "auto":
-        from vlm.runtime.threads import choose, usable_cpus
-
-        args.threads = choose(usable_cpus(), load_start)
-    args.threads = int(args.threads)
-    _set_threads(args.threads)
     torch.manual_seed(0)
     oc_model = randomize_(open_clip.create_model(args.arch), seed=0, logit_gain=4.0).eval()
     cfg = config_from_open_clip(open_clip.get_model_config(args.arch))
@@ -218,31 +203,31 @@ def main(argv=None) -> int:
         state.update(__images__=images, __text__=text, __train_images__=train_images, __train_text__=train_text)
         save_file(state, state_path)
         del state, oc_model
-        w = Worker(args.openclip_python, state_path, args.arch, args.threads)
+        w = Worker(args.openclip_python, state_path, args.arch, 1)
         try:
-            results = run(args, model, images, train_images, train_text, w, generate, GenerationConfig, CoCaLoss)
+            def measure() -> dict:
+                threads = args.threads
+                if threads == "auto":
+                    from vlm.runtime.threads import choose, usable_cpus
+
+                    threads = choose(usable_cpus(), os.getloadavg()[0])
+                _set_threads(int(threads))
+                w.ask(op="threads", n=int(threads))
+                return {"threads": int(threads), **run(args, model, images, train_images, train_text, w)}
+
+            return harness.run("generate", args, measure, versions=("torch",), extra={
+                "arch": args.arch, "batch": args.batch, "tokens": args.tokens, "beam_repeats": args.beam_repeats,
+                "open_clip_worker": w.info})
         finally:
             w.close()
-            for pr in busy:
-                pr.kill()
-                pr.wait()
-    results["busy_processes"] = args.busy
-    results["load_average_start_end"] = [load_start, os.getloadavg()[0]]  # other jobs on the machine
-    results["machine"] = machine()
-    results["threads"] = args.threads
-    results["versions"] = {"vlm_torch": torch.__version__, "worker": w.info}
-    results["command"] = " ".join([os.path.basename(sys.executable), *sys.argv])
-    print(json.dumps(results, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(results, fh, indent=2)
-    return 0
 
 
-def _stats(vlm_times, oc_times, tokens: int) -> dict:
-    v, o = statistics.median(vlm_times), statistics.median(oc_times)
-    return {"vlm_s": v, "open_clip_s": o, "vlm_tokens_per_s": tokens / v, "open_clip_tokens_per_s": tokens / o,
-            "speedup": o / v, "vlm_all_s": vlm_times, "open_clip_all_s": oc_times}
+def _stats(res: dict, tokens: int) -> dict:
+    """The harness's interleaved result, with tokens/s and open_clip's median over vlm's."""
+    v, o = res["vlm"]["median"], res["open_clip"]["median"]
+    return {"vlm": res["vlm"], "open_clip": res["open_clip"], "vlm_tokens_per_s": round(tokens / v, 2),
+            "open_clip_tokens_per_s": round(tokens / o, 2), "speedup": round(o / v, 3),
+            "pair_speedups": [round(b / a, 2) for a, b in zip(res["vlm"]["all"], res["open_clip"]["all"])]}
 
 
 def memory_floor(model, images, tokens: int, reps: int) -> dict:
@@ -283,85 +268,77 @@ def memory_floor(model, images, tokens: int, reps: int) -> dict:
             "floor_s": e + (tokens - 1) * r}
 
 
-def run(args, model, images, train_images, train_text, w, generate, GenerationConfig, CoCaLoss) -> dict:
+def run(args, model, images, train_images, train_text, w) -> dict:
     import copy
 
     import torch
 
-    from vlm.generation.config import SpecialTokens
+    from vlm.generation.config import GenerationConfig, SpecialTokens
+    from vlm.generation.decode import generate
     from vlm.model.packed_linear import clear_cache
+    from vlm.training.losses import CoCaLoss
 
-    res: dict = {"arch": args.arch, "batch": args.batch, "tokens": args.tokens, "reps": args.reps,
-                 "beam_reps": args.beam_reps}
-    n = args.tokens
+    res: dict = {}
+    n, special = args.tokens, SpecialTokens(SOT, EOT, PAD)
+    out: dict = {}  # the last outputs of each side, compared after the timing
     if "greedy" not in args.skip:
         gcfg = GenerationConfig(max_tokens=n, min_tokens=n)
-        generate(model, images, SpecialTokens(SOT, EOT, PAD), GenerationConfig(max_tokens=4, min_tokens=4))  # warm-up
+        generate(model, images, special, GenerationConfig(max_tokens=4, min_tokens=4))  # warm-up
         w.ask(op="greedy", tokens=4)
         clear_cache(model)  # one cold call: weights packed inside the timing
         t0 = time.perf_counter()
-        generate(model, images, SpecialTokens(SOT, EOT, PAD), gcfg)
+        generate(model, images, special, gcfg)
         cold = time.perf_counter() - t0
-        vt, ot = [], []
-        for rep in range(args.reps):
-            t0 = time.perf_counter()
-            ours = generate(model, images, SpecialTokens(SOT, EOT, PAD), gcfg)
-            dt = time.perf_counter() - t0
-            theirs = w.ask(op="greedy", tokens=n)
-            vt.append(dt)
-            ot.append(theirs["time"])
-            print(f"greedy rep {rep}: vlm {dt:.2f}s open_clip {theirs['time']:.2f}s", file=sys.stderr)
-        assert all(len(r) == n for r in ours) and all(len(r) == n for r in theirs["tokens"]), "lengths differ"
-        same = [a[: n - 1] == b[: n - 1] for a, b in zip(ours, theirs["tokens"])]
-        res["greedy"] = {**_stats(vt, ot, args.batch * n), "vlm_cold_s": cold,
-                         "identical_first_n_minus_1": all(same),
-                         "rows_identical": sum(same), "example_vlm": ours[0][:10], "example_open_clip":
-                         theirs["tokens"][0][:10]}
-        floor = memory_floor(model, images, n, args.reps)
-        floor["max_speedup"] = res["greedy"]["open_clip_s"] / floor["floor_s"]
-        floor["vlm_over_floor"] = res["greedy"]["vlm_s"] / floor["floor_s"]
+        timed = harness.interleave({
+            "vlm": lambda: out.__setitem__("vlm", generate(model, images, special, gcfg)),
+            "open_clip": lambda: out.__setitem__("oc", w.ask(op="greedy", tokens=n)) or out["oc"]["time"],
+        }, args.repeats, warmup=0)
+        ours, theirs = out["vlm"], out["oc"]["tokens"]
+        assert all(len(r) == n for r in ours) and all(len(r) == n for r in theirs), "lengths differ"
+        same = [a[: n - 1] == b[: n - 1] for a, b in zip(ours, theirs)]
+        res["greedy"] = {**_stats(timed, args.batch * n), "vlm_cold_s": round(cold, 4),
+                         "identical_first_n_minus_1": all(same), "rows_identical": sum(same),
+                         "example_vlm": ours[0][:10], "example_open_clip": theirs[0][:10]}
+        floor = memory_floor(model, images, n, args.repeats)
+        floor["max_speedup"] = timed["open_clip"]["median"] / floor["floor_s"]
+        floor["vlm_over_floor"] = timed["vlm"]["median"] / floor["floor_s"]
         res["greedy"]["floor"] = floor
     if "beam" not in args.skip:
         bcfg = GenerationConfig(max_tokens=n, min_tokens=n, beams=args.beams)
-        generate(model, images, SpecialTokens(SOT, EOT, PAD), GenerationConfig(max_tokens=4, min_tokens=4, beams=args.beams))
+        generate(model, images, special, GenerationConfig(max_tokens=4, min_tokens=4, beams=args.beams))
         w.ask(op="beam", tokens=4, beams=args.beams)  # warm-up
-        vt, ot = [], []
-        for rep in range(args.beam_reps):
-            t0 = time.perf_counter()
-            ours = generate(model, images, SpecialTokens(SOT, EOT, PAD), bcfg)
-            dt = time.perf_counter() - t0
-            theirs = w.ask(op="beam", tokens=n, beams=args.beams)
-            vt.append(dt)
-            ot.append(theirs["time"])
-            print(f"beam rep {rep}: vlm {dt:.2f}s open_clip {theirs['time']:.2f}s", file=sys.stderr)
-        res["beam"] = {**_stats(vt, ot, args.batch * n), "beams": args.beams,
-                       "vlm_lengths": sorted({len(r) for r in ours}),
-                       "open_clip_lengths": sorted({len([t for t in r if t != PAD]) for r in theirs["tokens"]})}
+        timed = harness.interleave({
+            "vlm": lambda: out.__setitem__("vlm", generate(model, images, special, bcfg)),
+            "open_clip": lambda: out.__setitem__("oc", w.ask(op="beam", tokens=n, beams=args.beams)) or out["oc"]["time"],
+        }, args.beam_repeats, warmup=0)
+        res["beam"] = {**_stats(timed, args.batch * n), "beams": args.beams,
+                       "vlm_lengths": sorted({len(r) for r in out["vlm"]}),
+                       "open_clip_lengths": sorted({len([t for t in r if t != PAD]) for r in out["oc"]["tokens"]})}
     if "train" not in args.skip:
         clear_cache(model)
+        w.ask(op="train_reset")
         tm = copy.deepcopy(model).train()
         opt = torch.optim.AdamW(tm.parameters(), lr=1e-5)
         loss_fn = CoCaLoss(contrastive_weight=1.0, caption_weight=2.0, pad_id=PAD)
-        vt, ot, vl, ol = [], [], [], []
-        for rep in range(args.reps + 1):
-            t0 = time.perf_counter()
+        vl, ol = [], []
+
+        def vlm_step() -> None:
             parts = loss_fn(tm(train_images, train_text))
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
             opt.step()
-            dt = time.perf_counter() - t0
-            theirs = w.ask(op="train")
             vl.append(float(parts["total"].detach()))
+
+        def oc_step() -> float:
+            theirs = w.ask(op="train")
             ol.append(theirs["loss"])
-            if rep:
-                vt.append(dt)
-                ot.append(theirs["time"])
-            print(f"train rep {rep}: vlm {dt:.2f}s open_clip {theirs['time']:.2f}s "
-                  f"loss {vl[-1]:.5f} / {ol[-1]:.5f}", file=sys.stderr)
-        v, o = statistics.median(vt), statistics.median(ot)
-        res["train"] = {"batch": args.train_batch, "vlm_s": v, "open_clip_s": o, "speedup": o / v,
-                        "vlm_all_s": vt, "open_clip_all_s": ot, "vlm_losses": vl, "open_clip_losses": ol,
-                        "first_loss_abs_diff": abs(vl[0] - ol[0])}
+            return theirs["time"]
+
+        # the first step is the warm-up round; its losses are the ones compared (same weights both sides)
+        timed = harness.interleave({"vlm": vlm_step, "open_clip": oc_step}, args.repeats, warmup=1)
+        res["train"] = {"batch": args.train_batch, "vlm": timed["vlm"], "open_clip": timed["open_clip"],
+                        "speedup": round(timed["open_clip"]["median"] / timed["vlm"]["median"], 3),
+                        "vlm_losses": vl, "open_clip_losses": ol, "first_loss_abs_diff": abs(vl[0] - ol[0])}
     return res
 
 
