@@ -31,6 +31,7 @@ COMMANDS = {
     "index": ("vlm.cli.index", "embed images into a searchable index (incremental)"),
     "search": ("vlm.cli.search", "search an index with text or an image"),
     "serve": ("vlm.cli.serve", "web page and JSON API over an index"),
+    "serve-ray": ("vlm.cli.serve_ray", "vlm serve on Ray Serve replicas (the ray extra)"),
     "train": ("vlm.training.launch", "train a model: accelerate launch with training's exit status"),
 }
 
