@@ -87,6 +87,9 @@ def deployment(options: RayServeOptions):
             self.app, self.max_body = create_app(self.index), MAX_UPLOAD
 
         async def _run(self, kind: str, items: list):
+            import logging
+
+            logging.getLogger("ray.serve").info("vlm: embedded %d %s queries in one batch", len(items), kind)
             loop = asyncio.get_running_loop()
             vectors = await loop.run_in_executor(self.model_thread, self.encode[kind], items)
             return list(vectors)
