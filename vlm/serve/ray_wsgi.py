@@ -3,8 +3,8 @@
 Ray Serve hands a replica a Starlette request on its event loop; the vlm server is a WSGI app whose
 handlers block (on the model, or on a batch). :func:`call_wsgi` builds the PEP 3333 environ from
 the request, runs the app on a thread of the replica's pool so the loop stays free to gather batches, and turns
-the app's answer back into a Starlette response. Bodies are read up to ``max_body + 1`` bytes: a
-larger one reaches the app with its true length, so the app's own 413 answers it.
+the app's answer back into a Starlette response. At most ``max_body + 1`` bytes of a body are kept:
+a larger one reaches the app empty, with its true length, so the app's own 413 answers it.
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from typing import Callable
 
 
 async def read_body(request, max_body: int) -> tuple[bytes, int]:
-    """The body (at most ``max_body + 1`` bytes) and the length to report to the app."""
+    """The body (kept up to ``max_body + 1`` bytes) and the length to report to the app. A longer
+    body is read to its end and dropped: answering before the client has sent it all would reset
+    the connection instead of delivering the app's 413."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_body:
-        return b"", int(declared)  # never read: the app refuses it by its length
     chunks, size = [], 0
     async for chunk in request.stream():
-        chunks.append(chunk)
+        if size <= max_body:
+            chunks.append(chunk)
         size += len(chunk)
-        if size > max_body:
-            break
-    return b"".join(chunks), size
+    if declared is not None and declared.isdigit() and int(declared) > size:
+        size = int(declared)
+    body = b"".join(chunks)
+    return (body, size) if size <= max_body else (b"", size)  # the app refuses it by its length
 
 
 def environ_for(request, body: bytes, length: int) -> dict:
