@@ -1,4 +1,4 @@
-"""``vlm serve-ray INDEX --replicas N``: vlm serve's server as a Ray Serve deployment (vlm.serve.ray_app).
+"""``vlm serve-ray [INDEX ...] --replicas N [vlm serve's options]``: vlm serve as a Ray Serve deployment (vlm.serve.ray_app).
 
 Starts a local Ray instance (or joins a running cluster with ``--address auto`` / ``RAY_ADDRESS``),
 deploys the replicas, prints the URL and serves until Ctrl-C or SIGTERM; then the application is
@@ -8,6 +8,7 @@ Needs the ``ray`` extra: ``pip install -e ".[ray]"``.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -18,17 +19,14 @@ from vlm.errors import UsageError
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="vlm serve-ray", description="vlm serve's search page and JSON API on Ray Serve replicas.")
-    p.add_argument("index", metavar="INDEX", help="index directory built by vlm index (same path on every node)")
-    p.add_argument("--model", default=None, metavar="NAME_OR_DIR", help="model for queries (same weights)")
-    p.add_argument("--host", default="127.0.0.1", help="address Ray's HTTP proxy binds (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    """vlm serve's options (the same names and defaults), plus the Ray ones."""
+    from vlm.cli.serve import build_parser as serve_parser
+
+    p = serve_parser()
+    p.prog = "vlm serve-ray"
+    p.description = "vlm serve's model server as a Ray Serve deployment (replicas, Ray's batching)."
     p.add_argument("--replicas", type=int, default=None,
-                   help="replicas (default: one per GPU of the cluster, else 1)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="cuda: one GPU per replica; cpu: one CPU per replica (default: cuda if the cluster has GPUs)")
-    p.add_argument("--max-batch", type=int, default=16, help="most queries in one model batch (default 16)")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch (default 10)")
+                   help="replicas (default: one per GPU of the cluster, else 1); --threads is per replica")
     p.add_argument("--address", default="local",
                    help="Ray cluster: local (start one here, default), auto (the one `ray start` runs here), "
                         "or HOST:PORT of a head node")
@@ -41,6 +39,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UsageError(f"--port {args.port}: must be 0..65535")
     if args.replicas is not None and args.replicas < 1:
         raise UsageError(f"--replicas {args.replicas}: must be at least 1")
+    if args.device not in (None, "cpu", "cuda"):
+        raise UsageError(f"--device {args.device}: cpu or cuda (cuda: one GPU per replica)")
+    api_key = None
+    if args.api_key_env is not None:
+        api_key = os.environ.get(args.api_key_env, "")
+        if not api_key:
+            raise UsageError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
     try:
         import ray
         from ray import serve
@@ -49,9 +54,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm.index.search import open_index
     from vlm.serve.ray_app import APP_NAME, RayServeOptions, deployment
 
-    size = len(open_index(args.index, model=args.model))  # a missing or broken index: one line, before Ray
-    options = RayServeOptions(index=args.index, model=args.model, max_batch=args.max_batch,
-                              max_wait_ms=args.max_wait_ms).validate()
+    options = RayServeOptions(indexes=[os.path.abspath(p) for p in args.index], model=args.model,
+                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                              timeout_s=args.timeout, threads=args.threads, api_key=api_key).validate()
+    size = sum(len(open_index(p, model=args.model)) for p in args.index)  # a broken index: one line, before Ray
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"vlm serve-ray: warning: listening on {args.host} without an API key: anyone who can reach it "
+              f"can use it (set --api-key-env VAR)", file=sys.stderr, flush=True)
     port = args.port or _free_port(args.host)
     local = args.address == "local"
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
