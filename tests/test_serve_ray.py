@@ -214,7 +214,7 @@ def batch_sizes(ray_dir: Path) -> list[int]:
     """The batch sizes the replicas logged (vlm.serve.ray_app logs each @serve.batch call)."""
     sizes = []
     for log in ray_dir.rglob("replica_*.log"):
-        sizes += [int(n) for n in re.findall(r"vlm: embedded (\d+) text queries in one batch", log.read_text())]
+        sizes += [int(n) for n in re.findall(r"vlm: ran (\d+) requests in one batch", log.read_text())]
     return sizes
 
 
