@@ -338,7 +338,7 @@ def test_readme_flag_table_agrees_with_every_command():
     from vlm.cli.main import COMMANDS
 
     text = (REPO / "README.md").read_text()
-    rows = re.findall(r"^\| ([a-z, ]+) \| (.+) \|$", text, re.M)
+    rows = re.findall(r"^\| ([a-z, -]+) \| (.+) \|$", text, re.M)
     table = {}
     for commands, flags in rows:
         if commands.strip() == "command":
