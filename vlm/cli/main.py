@@ -32,6 +32,7 @@ COMMANDS = {
     "search": ("vlm.cli.search", "search an index with text or an image"),
     "serve": ("vlm.cli.serve", "web page and JSON API over an index"),
     "check-precision": ("vlm.cli.check_precision", "how close bf16 or int8 stays to fp32 on your images"),
+    "serve-ray": ("vlm.cli.serve_ray", "vlm serve on Ray Serve replicas (the ray extra)"),
     "train": ("vlm.training.launch", "train a model: accelerate launch with training's exit status"),
 }
 
