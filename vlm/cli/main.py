@@ -30,7 +30,7 @@ COMMANDS = {
     "export": ("vlm.cli.export", "write a model as ONNX, a transformers CLIPModel or an open_clip checkpoint"),
     "index": ("vlm.cli.index", "embed images into a searchable index (incremental)"),
     "search": ("vlm.cli.search", "search an index with text or an image"),
-    "serve": ("vlm.cli.serve", "web page and JSON API over an index"),
+    "serve": ("vlm.cli.serve", "model server: caption, classify, embed, search over HTTP (and a page)"),
     "check-precision": ("vlm.cli.check_precision", "how close bf16 or int8 stays to fp32 on your images"),
     "serve-ray": ("vlm.cli.serve_ray", "vlm serve on Ray Serve replicas (the ray extra)"),
     "train": ("vlm.training.launch", "train a model: accelerate launch with training's exit status"),
