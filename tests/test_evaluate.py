@@ -153,6 +153,7 @@ class KnownPipeline:
         from PIL import Image
 
         self.preprocess_cfg = PreprocessConfig(image_size=16)
+        self.input_dtype = torch.float32  # the pipeline interface evaluate_model reads (a bf16 model takes bfloat16)
         self._pixels = preprocess_batch([Image.new("RGB", (8, 8), c) for c in COLORS.values()],
                                         self.preprocess_cfg).mean(dim=(2, 3))  # (K, 3)
         self._eye = torch.eye(2 * len(NAMES))

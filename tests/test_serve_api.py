@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -270,3 +271,29 @@ def test_precision_flag_serves_the_reduced_precision_model(index_dir):
     proc = subprocess.run([sys.executable, "-m", "vlm.cli.main", "serve", "--model", "default", "--precision", "fp16"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--precision" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_index_of_other_weights_is_refused_in_one_line(index_dir, tmp_path):
+    """An index whose fingerprint is not the served model's weights: one line naming it, exit 2."""
+    other = tmp_path / "other"
+    shutil.copytree(index_dir, other)
+    meta = json.loads((other / "index.json").read_text())
+    meta["fingerprint"] = "0" * 32  # as if built by a model with other weights
+    (other / "index.json").write_text(json.dumps(meta))
+    r = subprocess.run([sys.executable, "-m", "vlm.cli.main", "serve", str(index_dir), str(other), "--port", "0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and str(other) in lines[0] and "other weights" in lines[0], r.stderr
+
+
+def test_request_timeout_is_503_with_retry_after(index_dir):
+    """--timeout 0.001 s against a 16-image beam-search caption (far more than a millisecond of work
+    on any machine): a 503, and the server still answers afterwards."""
+    proc, url, _ = start_server([str(index_dir), "--timeout", "0.001"])
+    try:
+        body = {"images": [b64(p) for p in images(index_dir, 16)], "options": {"beams": 3}}
+        status, data, hdrs = call(url + "api/caption", body)
+        assert status == 503 and "error" in data and int(hdrs["Retry-After"]) >= 1, (status, data)
+        assert call(url + "healthz")[0] == 200
+    finally:
+        stop(proc)

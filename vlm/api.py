@@ -321,6 +321,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     from vlm.io.checkpoint import CheckpointMeta, load_checkpoint, read_config
     from vlm.io.images import PreprocessConfig
     from vlm.runtime.limits import check_batch_size, check_fits
+    from vlm.io.fingerprint import fingerprint
     from vlm.runtime.precision import check_precision, to_precision
 
     check_batch_size(batch_size)
@@ -351,6 +352,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
         if image_size is not None:
             cpipe.set_image_size(image_size)
         check_fits(model.cfg, cpipe.image_size, batch_size, device=dev)
+        cpipe.fingerprint = None if precision == "fp32" else fingerprint(model)
         cpipe.model = to_precision(model.to(dev).eval(), precision, dev)
         cpipe.precision = precision
         return cpipe
@@ -362,6 +364,7 @@ def load(name_or_dir: Optional[str] = None, device: Optional[str] = None, image_
     if image_size is not None:
         pipe.set_image_size(image_size)
     check_fits(model.cfg, pipe.image_size, batch_size, device=dev)  # before the weights move to the device
+    pipe.fingerprint = None if precision == "fp32" else fingerprint(model)  # of the float32 weights (vlm.index)
     pipe.model = to_precision(model.to(dev).eval(), precision, dev)
     pipe.precision = precision
     if directory:

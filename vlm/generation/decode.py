@@ -135,12 +135,19 @@ def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = No
     return out
 
 
+def caption_ids(model, images: Tensor, tokenizer, cfg: Optional[GenerationConfig] = None,
+                lexicon=None) -> list[list[int]]:
+    """Token ids of each image's caption: the one path every caption of vlm takes (``vlm caption``,
+    ``Pipeline.caption``, ``vlm evaluate``, ``vlm index --captions``, training samples, ``vlm
+    check-precision``), so the guards (``cfg.block_degenerate``, default on) and the word list
+    (``lexicon``) hold for all of them alike."""
+    return generate(model, images, tokenizer, cfg, lexicon=lexicon)
+
+
 def caption_texts(model, images: Tensor, tokenizer, cfg: Optional[GenerationConfig] = None,
                   lexicon=None) -> list[str]:
-    """Caption text for a (B, 3, H, W) batch: the one path every caption of vlm takes (``vlm caption``,
-    ``Pipeline.caption``, ``vlm evaluate``, ``vlm index --captions``, training samples), so the guards
-    (``cfg.block_degenerate``, default on) and the word list (``lexicon``) hold for all of them alike."""
-    return [tokenizer.decode(row).strip() for row in generate(model, images, tokenizer, cfg, lexicon=lexicon)]
+    """Caption text for a (B, 3, H, W) batch (``caption_ids``, decoded)."""
+    return [tokenizer.decode(row).strip() for row in caption_ids(model, images, tokenizer, cfg, lexicon=lexicon)]
 
 
 def _greedy_or_sample(model, image_tokens: Tensor, sot_id: int, eot_id: int, pad_id: int,

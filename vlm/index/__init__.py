@@ -18,7 +18,11 @@ __all__ = ["build", "open", "Hit", "Index", "IndexFormatError", "BuildReport"]
 
 
 def __getattr__(name):
-    if name in ("build", "BuildReport", "fingerprint"):
+    if name == "fingerprint":
+        from vlm.io.fingerprint import fingerprint
+
+        return fingerprint
+    if name in ("build", "BuildReport"):
         from vlm.index import builder as _b
 
         return getattr(_b, name) if name != "build" else _b.build

@@ -14,7 +14,6 @@ files drop out in (4); shards left with no live row are deleted.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vlm.io.fingerprint import weights_fingerprint
 from vlm.errors import InvalidOption, ModelError, UsageError
 from vlm.index import ann
 from vlm.index.store import (Shard, committed_shards, read_table, remove_partial, shard_dir, write_json,
@@ -46,19 +46,6 @@ class BuildReport:
     @property
     def images_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
-
-
-def fingerprint(model) -> str:
-    """sha256 over every tensor's name, shape, dtype and an evenly strided sample of its values."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        flat = t.detach().reshape(-1)
-        step = max(1, flat.numel() // 256)
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(flat[::step].to(torch.float64).cpu().numpy().tobytes())
-    return h.hexdigest()[:32]
 
 
 class _Dist:
@@ -163,14 +150,9 @@ def build(sources: Sequence[str], out: str | os.PathLike, model: Optional[str] =
     dist = _Dist()
     if pipeline is None:
         import vlm.api
-        from vlm.runtime.precision import to_precision
 
-        pipeline = vlm.api.load(model, device=device)
-        fp = fingerprint(pipeline.model)  # of the float32 weights: an index may be updated at another precision
-        pipeline.model = to_precision(pipeline.model, precision or "fp32", pipeline.device)
-        pipeline.precision = precision or "fp32"
-    else:
-        fp = fingerprint(pipeline.model)
+        pipeline = vlm.api.load(model, device=device, precision=precision or "fp32")
+    fp = weights_fingerprint(pipeline)  # of the float32 weights: an index may be updated at another precision
     precision = pipeline.precision
     name = model or pipeline.name
     if dist.is_main:

@@ -69,15 +69,20 @@ class Index:
         if self._pipeline is None:
             import vlm.api
 
-            from vlm.index.builder import fingerprint
-
             pipe = vlm.api.load(self._model or self.info["model"], device=self._device)
-            if fingerprint(pipe.model) != self.info["fingerprint"]:
-                raise ModelError(f"{self.path}: built with model {self.info['model']!r} (fingerprint "
-                                 f"{self.info['fingerprint']}); model {self._model or self.info['model']!r} "
-                                 f"has other weights, so its embeddings do not match the index")
+            self._check_weights(pipe)
             self._pipeline = pipe
         return self._pipeline
+
+    def _check_weights(self, pipe) -> None:
+        """ModelError (one line) unless ``pipe`` holds the weights this index was built with."""
+        from vlm.io.fingerprint import weights_fingerprint
+
+        if weights_fingerprint(pipe) != self.info["fingerprint"]:
+            name = getattr(pipe, "name", None) or self._model or self.info["model"]
+            raise ModelError(f"{self.path}: built with model {self.info['model']!r} (fingerprint "
+                             f"{self.info['fingerprint']}); model {name!r} has other weights, so its "
+                             f"embeddings do not match the index")
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
@@ -163,6 +168,8 @@ def open_index(path: str | os.PathLike, model: Optional[str] = None, device: Opt
                                f"{len(rows.get('path', []))} rows")
     ann.apply_params(index, info["index"])
     idx = Index(path, info, index, rows, pipeline=pipeline, model=model, device=device)
+    if pipeline is not None:
+        idx._check_weights(pipeline)  # a pipeline passed in must hold the index's weights too
     if model is not None or pipeline is not None:
         idx.pipeline  # check the model now, not on the first query
     return idx

@@ -53,11 +53,11 @@ class Agreement:
         self.image_cos += torch.nn.functional.cosine_similarity(img_ref, img_low, dim=-1).tolist()
         if not reference.can_caption:
             return
-        from vlm.generation.decode import generate
+        from vlm.generation.decode import caption_ids
 
         cfg = reference.generation_config()
-        ids_ref = generate(reference.model, x_ref, reference.tokenizer, cfg, lexicon=reference.lexicon)
-        ids_low = generate(candidate.model, x_low, candidate.tokenizer, cfg, lexicon=candidate.lexicon)
+        ids_ref = caption_ids(reference.model, x_ref, reference.tokenizer, cfg, lexicon=reference.lexicon)
+        ids_low = caption_ids(candidate.model, x_low, candidate.tokenizer, cfg, lexicon=candidate.lexicon)
         tok = reference.tokenizer
         for a, b in zip(ids_ref, ids_low):
             cap_a, cap_b = tok.decode(a).strip(), tok.decode(b).strip()
