@@ -46,11 +46,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UsageError(f"--max-wait-ms {args.max_wait_ms:g}: must be 0..10000")
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be positive")
-    api_key = None
-    if args.api_key_env is not None:
-        api_key = os.environ.get(args.api_key_env, "")
-        if not api_key:
-            raise UsageError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
+    api_key = api_key_from(args)
     if args.model is None and not args.index:
         raise UsageError("give --model or at least one INDEX (the model that built it is served)")
     from vlm.serve.app import create_app
@@ -79,3 +75,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         server.close()
         batcher.close()
     return 0
+
+
+def api_key_from(args) -> Optional[str]:
+    """The key every request must carry (the variable ``--api-key-env`` names), or None without the flag."""
+    if args.api_key_env is None:
+        return None
+    api_key = os.environ.get(args.api_key_env, "")
+    if not api_key:
+        raise UsageError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
+    return api_key

@@ -41,11 +41,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise UsageError(f"--replicas {args.replicas}: must be at least 1")
     if args.device not in (None, "cpu", "cuda"):
         raise UsageError(f"--device {args.device}: cpu or cuda (cuda: one GPU per replica)")
-    api_key = None
-    if args.api_key_env is not None:
-        api_key = os.environ.get(args.api_key_env, "")
-        if not api_key:
-            raise UsageError(f"--api-key-env {args.api_key_env}: the environment variable is unset or empty")
+    from vlm.cli.serve import api_key_from
+
+    api_key = api_key_from(args)
     try:
         import ray
         from ray import serve
@@ -56,7 +54,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     options = RayServeOptions(indexes=[os.path.abspath(p) for p in args.index], model=args.model,
                               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                              timeout_s=args.timeout, threads=args.threads, api_key=api_key).validate()
+                              timeout_s=args.timeout, threads=args.threads, api_key=api_key,
+                              precision=args.precision).validate()
     size = sum(len(open_index(p, model=args.model)) for p in args.index)  # a broken index: one line, before Ray
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"vlm serve-ray: warning: listening on {args.host} without an API key: anyone who can reach it "

@@ -19,11 +19,12 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, library: str = "Hugging Face") -> dict:
+    """A model directory's JSON file; ``CheckpointError`` (one line) when it is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path.parent}: no {path.name} (not a Hugging Face model directory)") from None
+        raise CheckpointError(f"{path.parent}: no {path.name} (not a {library} model directory)") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
 

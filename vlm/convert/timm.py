@@ -26,7 +26,6 @@ their leading axes.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -35,6 +34,7 @@ import torch
 
 from vlm.classify.model import ClassifierConfig, ImageClassifier
 from vlm.model.config import PreprocessConfig, VisionConfig
+from vlm.convert.hf_files import read_json
 from vlm.errors import CheckpointError, first_line, how_to_load
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -43,15 +43,6 @@ _PLAIN = {"patch_embed.proj.weight": "visual.patch_embed.weight", "patch_embed.p
           "norm.weight": "visual.norm_post.weight", "norm.bias": "visual.norm_post.bias",
           "head.weight": "head.weight", "head.bias": "head.bias"}
 _CROP_MODES = {"center": "shortest", "squash": "squash"}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path.parent}: no {path.name} (not a timm model directory)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
 
 
 def vision_config_from_timm(model, source) -> VisionConfig:
@@ -174,7 +165,7 @@ def convert_timm_dir(directory) -> ImageClassifier:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such directory")
     cfg_path = directory / "config.json"
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path, "timm")
     arch = raw.get("architecture")
     if not isinstance(arch, str) or not arch:
         raise CheckpointError(f"{cfg_path}: no 'architecture' (not a timm model config)")

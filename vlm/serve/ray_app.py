@@ -39,6 +39,7 @@ class RayServeOptions:
     timeout_s: float = 60.0  # per-request wait for the model (503 after)
     threads: int = 32  # requests one replica works on at once (Ray's max_ongoing_requests)
     api_key: Optional[str] = None  # every request needs it (Authorization: Bearer KEY) when set
+    precision: str = "fp32"  # fp32 | bf16 | int8: the model each replica loads (vlm.runtime.precision)
 
     def validate(self) -> "RayServeOptions":
         for name in ("replicas", "max_batch", "max_queue", "threads"):
@@ -119,7 +120,8 @@ def deployment(options: RayServeOptions):
             from vlm.serve.backend import Backend
             from vlm.serve.requests import Limits
 
-            self.backend = Backend.load(opts.model, opts.indexes, device="cuda" if opts.gpus else "cpu")
+            self.backend = Backend.load(opts.model, opts.indexes, device="cuda" if opts.gpus else "cpu",
+                                        precision=opts.precision)
             limits = Limits(max_images=opts.max_batch, max_queue=opts.max_queue, timeout_s=opts.timeout_s)
             self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="vlm-model")
             self.request_threads = ThreadPoolExecutor(opts.threads, thread_name_prefix="vlm-request")
