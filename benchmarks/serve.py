@@ -7,7 +7,7 @@ The model is open_clip's ``coca_ViT-B-32`` with random non-degenerate weights
 ``vlm serve --model DIR`` in a subprocess on 127.0.0.1. ``--busy 1`` runs one busy-looping process
 beside it (the machine is shared: os.getloadavg() is recorded with each figure).
 
-    python benchmarks/serve.py [--clients 16] [--per-client 2] [--busy 0|1]
+    python benchmarks/serve.py [--clients 16] [--per-client 2] [--busy 0|1] [--max-wait-ms 5]
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ def build_model(out: Path) -> None:
                     "coca_ViT-B-32", "--out", str(out)], check=True, cwd=REPO)
 
 
-def start(model: Path, max_batch: int):
+def start(model: Path, max_batch: int, max_wait_ms: float):
     proc = subprocess.Popen([sys.executable, "-m", "vlm.cli.main", "serve", "--model", str(model), "--port", "0",
-                             "--max-batch", str(max_batch)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if " images at http://" in line:
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--per-client", type=int, default=2)
     p.add_argument("--busy", type=int, default=0)
     p.add_argument("--lone-repeats", type=int, default=5)
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms (its default: 5)")
     args = p.parse_args(argv)
     busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
     proc = None
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
                 Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(path)
                 paths.append(path)
             b64 = [base64.b64encode(p.read_bytes()).decode() for p in paths]
-            proc, url = start(model_dir, args.clients)
+            proc, url = start(model_dir, args.clients, args.max_wait_ms)
             post(url + "api/caption", {"images": [b64[0]]})  # warm-up
             load0 = os.getloadavg()[0]
             seq_wall, seq_lat, seq_caps = run(url, b64, 1)
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
                 inproc.append(time.perf_counter() - t)
             same = con_caps == seq_caps
             result = {
-                "requests": n, "clients": args.clients, "busy": args.busy, "loadavg": [round(load0, 2), round(load1, 2)],
+                "requests": n, "clients": args.clients, "busy": args.busy, "max_wait_ms": args.max_wait_ms, "loadavg": [round(load0, 2), round(load1, 2)],
                 "one_at_a_time": {"req_per_s": round(n / seq_wall, 3), "p50_ms": round(np.percentile(seq_lat, 50) * 1e3),
                                   "p99_ms": round(np.percentile(seq_lat, 99) * 1e3)},
                 "concurrent": {"req_per_s": round(n / con_wall, 3), "p50_ms": round(np.percentile(con_lat, 50) * 1e3),
