@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from serve_helpers import start_server, stop
 
 pytest.importorskip("faiss")
 pytest.importorskip("flask")
@@ -41,26 +39,9 @@ def index_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(index_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vlm.cli.main", "serve", str(index_dir), "--port", "0"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    url, deadline, seen = None, time.time() + 120, []
-    while url is None and time.time() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        if " images at http://" in line:
-            url = line.split(" images at ")[1].split()[0]
-    if url is None:
-        proc.kill()
-        pytest.fail(f"server did not start: {''.join(seen)}")
+    proc, url, _ = start_server([str(index_dir)])
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def get(url: str, data: bytes | None = None, headers: dict | None = None):

@@ -7,12 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serve_helpers import start_server, stop
 from conftest import REPO
 
 pytest.importorskip("faiss")
@@ -37,33 +36,6 @@ def index_dir(tmp_path_factory) -> Path:
     shapes = generate_shapes(root / "shapes", 24, seed=5)
     vlm.index.build([shapes], root / "idx", workers=0)
     return root / "idx"
-
-
-def start_server(args: list[str], env_extra: dict | None = None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "vlm.cli.main", "serve", *args, "--port", "0"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    url, deadline, seen = None, time.time() + 120, []
-    while url is None and time.time() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        if " images at http://" in line:
-            url = line.split(" images at ")[1].split()[0]
-    if url is None:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"server did not start: {''.join(seen)}")
-    return proc, url, seen
-
-
-def stop(proc):
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from test_serve_api import KEY, call, start_server, stop  # noqa: F401
+from serve_helpers import start_server, stop
+from test_serve_api import call
 
 pytest.importorskip("faiss")
 pytest.importorskip("flask")
