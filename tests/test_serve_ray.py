@@ -32,7 +32,8 @@ import pytest
 
 from conftest import REPO, free_port
 
-pytestmark = pytest.mark.slow
+# one xdist group with the documents: docs/serve_ray.md starts a Ray instance of its own too
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docs")]
 
 
 def _ray_installed() -> None:
