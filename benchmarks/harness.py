@@ -72,11 +72,16 @@ BUSY = {  # what a competing process runs: a pure-Python spin, or another PyTorc
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_", "GOMP_", "KMP_"))}
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every benchmark shares."""
+def parser(doc: str, timed: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark shares.
+
+    ``timed=False``: a benchmark whose figures are not repeated timings (an accuracy run) gets no
+    ``--repeats`` / ``--warmup``; ``--busy`` and ``--json-out`` still apply.
+    """
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (interleaved)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (file cache, lazy set-up)")
+    if timed:
+        p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (interleaved)")
+        p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (file cache, lazy set-up)")
     p.add_argument("--busy", type=int, nargs="+", default=[0],
                    help="competing processes beside the measurement; one full measurement per value")
     p.add_argument("--busy-kind", choices=sorted(BUSY), default="spin")
@@ -89,18 +94,21 @@ def stats(times: list[float]) -> dict:
     return {"median": r(statistics.median(times)), "min": r(min(times)), "max": r(max(times)), "all": [r(t) for t in times]}
 
 
-def interleave(cases: dict[str, Callable[[], Timing]], repeats: int, warmup: int = 1) -> dict:
+def interleave(cases: dict[str, Callable[[], Timing]], repeats: int, warmup: int = 1, abba: bool = False) -> dict:
     """Run every case once per round, in order, ``warmup`` untimed rounds then ``repeats`` timed ones.
 
     A case returns None (the harness times the call), a float (seconds it measured itself, e.g. a
     worker process's own timer) or a dict of named figures (each gets its own stats).
+    ``abba``: every second timed round runs the cases in reverse order (A B, B A, A B, ...), so
+    that no case always runs right after the same other one.
     """
     for _ in range(warmup):
         for fn in cases.values():
             fn()
     runs: dict[str, list] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
+    for rnd in range(repeats):
+        order = list(cases.items())
+        for name, fn in (order[::-1] if abba and rnd % 2 else order):
             t0 = time.perf_counter()
             out = fn()
             runs[name].append(time.perf_counter() - t0 if out is None else out)
@@ -201,7 +209,8 @@ def run(name: str, args: argparse.Namespace, measure: Callable[[], dict], *, ver
             row["load_1min_start_end"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
         rounds.append(row)
         print(json.dumps(row), flush=True)
-    result = {"benchmark": name, "repeats": args.repeats, "warmup": args.warmup, **(extra or {}),
+    timing = {key: getattr(args, key) for key in ("repeats", "warmup") if hasattr(args, key)}
+    result = {"benchmark": name, **timing, **(extra or {}),
               "rounds": rounds, "machine": machine(versions),
               "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
     print(json.dumps({"machine": result["machine"], "command": result["command"]}), flush=True)
