@@ -37,7 +37,8 @@ Writing a benchmark::
     if __name__ == "__main__":
         raise SystemExit(main())
 
-:func:`run` prints one JSON line per round as it ends, then one with the machine and versions, and
+:func:`run` prints one JSON line per round as it ends, then one with ``extra`` (set-up figures such as
+a parity check), the machine and versions, and
 writes the whole result (rounds, machine, versions, command) to ``--json-out``. Stats per case are
 ``{"median", "min", "max", "all"}`` (seconds); a case returning a dict gets those per key.
 Timing assertions belong here, never in unit tests.
@@ -213,7 +214,7 @@ def run(name: str, args: argparse.Namespace, measure: Callable[[], dict], *, ver
     result = {"benchmark": name, **timing, **(extra or {}),
               "rounds": rounds, "machine": machine(versions),
               "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
-    print(json.dumps({"machine": result["machine"], "command": result["command"]}), flush=True)
+    print(json.dumps({**(extra or {}), "machine": result["machine"], "command": result["command"]}), flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
