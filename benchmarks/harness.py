@@ -91,7 +91,7 @@ def parser(doc: str, timed: bool = True) -> argparse.ArgumentParser:
 
 
 def stats(times: list[float]) -> dict:
-    r = lambda t: round(t, 4)  # noqa: E731
+    r = lambda t: float(f"{t:.5g}")  # noqa: E731  five significant digits: seconds or milliseconds alike
     return {"median": r(statistics.median(times)), "min": r(min(times)), "max": r(max(times)), "all": [r(t) for t in times]}
 
 
