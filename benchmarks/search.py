@@ -18,9 +18,11 @@ exact batched search per query. clip-retrieval's back end quotes ~50 ms per quer
 
 from __future__ import annotations
 
+import itertools
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -55,12 +57,13 @@ def real_index(args) -> int:
 
     idx = vlm.index.open(args.cli_index)
     idx.search(text="warm up", k=10)
-    runs = iter(range(10**9))
+    runs = itertools.count()
+    path = str(Path(args.cli_index).resolve())  # the process runs in the repository root
     words = ["red", "blue", "green", "yellow", "orange", "purple"]
     shapes = ["star", "circle", "square", "triangle"]
 
     def process() -> dict:  # a fresh query each time, as a user types one
-        cmd = [sys.executable, "-m", "vlm.cli.main", "search", args.cli_index, "--text", f"a red star {next(runs)}",
+        cmd = [sys.executable, "-m", "vlm.cli.main", "search", path, "--text", f"a red star {next(runs)}",
                "--top-k", "10"]
         return harness.command(cmd)()
 
