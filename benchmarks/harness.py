@@ -42,6 +42,10 @@ a parity check), the machine and versions, and
 writes the whole result (rounds, machine, versions, command) to ``--json-out``. Stats per case are
 ``{"median", "min", "max", "all"}`` (seconds); a case returning a dict gets those per key.
 Timing assertions belong here, never in unit tests.
+
+Beside the harness, two pieces that more than one benchmark uses: ``openclip_worker.py`` (open_clip's
+CoCa in its own interpreter, and the random CoCa both sides run) and ``floor.py`` (the memory floor
+of cached greedy decoding).
 """
 
 from __future__ import annotations
