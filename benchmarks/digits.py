@@ -9,17 +9,23 @@ baseline's C); the test half is only reported.
 Rows, run here side by side: fine-tuning the default model's ViT through the shared training
 loop (``vlm.training.train`` with a ``task: classify`` config built below), vlm probe on the
 default model's embedding, and a classical baseline (multinomial logistic regression on the 64
-raw pixels).
+raw pixels). An accuracy benchmark on ``benchmarks/harness.py``: no repeated timings, one
+measurement per ``--busy`` value, the machine and versions recorded, ``--json-out``.
 
     python benchmarks/digits.py --out runs/digits
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import io
 import json
+import shutil
 import sys
+import time
 from pathlib import Path
+
+import harness
 
 
 def write_folders(images, targets, root: Path) -> None:
@@ -43,10 +49,6 @@ FINETUNE = ["task=classify", "init_from=default", "classify.random_crop=0.85", "
 
 def finetune(out: Path, steps: int, threads: int) -> dict:
     """Fine-tune through the shared loop; val and test top-1 of the exported classifier."""
-    import contextlib
-    import shutil
-    import time
-
     from vlm.classify.checkpoint import load_classifier
     from vlm.classify.data import open_labelled
     from vlm.classify.evaluate import evaluate_classifier
@@ -71,16 +73,42 @@ def finetune(out: Path, steps: int, threads: int) -> dict:
             "test_top1": report["test"]["top1"], "test_top5": report["test"]["top5"]}
 
 
+def classical(x, y, splits: dict) -> dict:
+    """Multinomial logistic regression on the raw pixels, C chosen on val."""
+    from sklearn.linear_model import LogisticRegression
+
+    best = None
+    for c in (0.01, 0.1, 1.0, 10.0, 100.0):
+        clf = LogisticRegression(C=c, max_iter=5000).fit(x[splits["train"]], y[splits["train"]])
+        acc = clf.score(x[splits["val"]], y[splits["val"]])
+        if best is None or acc > best[0]:
+            best = (acc, c, clf)
+    return {"method": "logistic regression on raw pixels", "C": best[1], "val_top1": best[0],
+            "test_top1": best[2].score(x[splits["test"]], y[splits["test"]])}
+
+
+def probe(out: Path, model: str | None) -> dict:
+    """``vlm probe`` on the backbone's embedding, weight decay chosen on val."""
+    from vlm.cli.probe import main as probe_main
+
+    buf = io.StringIO()
+    argv = ["--train", str(out / "train"), "--val", str(out / "val"), "--test", str(out / "test"), "--json",
+            "--cache", str(out / "cache")] + (["--model", model] if model else [])
+    with contextlib.redirect_stdout(buf):
+        probe_main(argv)
+    pr = json.loads(buf.getvalue())
+    return {"model": pr["model"], "feature": pr["feature"], "weight_decay": pr["weight_decay"],
+            "val_top1": pr["val"]["top1"], "test_top1": pr["test"]["top1"], "test_top5": pr["test"]["top5"]}
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__, timed=False)
     p.add_argument("--out", default="runs/digits")
     p.add_argument("--model", default=None, help="backbone for the probe (default: the shipped model)")
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps (batch 32)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the fine-tuning run")
     args = p.parse_args(argv)
-    import numpy as np
     from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
 
     d = load_digits()
     n = len(d.images)
@@ -92,35 +120,16 @@ def main(argv=None) -> int:
         if not (out / name).is_dir():
             write_folders(d.images[sl], d.target[sl], out / name)
     x = d.images.reshape(n, -1) / 16.0
-    best = None
-    for c in (0.01, 0.1, 1.0, 10.0, 100.0):
-        clf = LogisticRegression(C=c, max_iter=5000).fit(x[splits["train"]], d.target[splits["train"]])
-        acc = clf.score(x[splits["val"]], d.target[splits["val"]])
-        if best is None or acc > best[0]:
-            best = (acc, c, clf)
-    classical = {"method": "logistic regression on raw pixels", "C": best[1], "val_top1": best[0],
-                 "test_top1": best[2].score(x[splits["test"]], d.target[splits["test"]])}
 
-    import contextlib
-    import io
+    def measure() -> dict:
+        return {"classical": classical(x, d.target, splits), "probe": probe(out, args.model),
+                "finetune": finetune(out, args.steps, args.threads)}
 
-    from vlm.cli.probe import main as probe
-
-    buf = io.StringIO()
-    argv = ["--train", str(out / "train"), "--val", str(out / "val"), "--test", str(out / "test"), "--json",
-            "--cache", str(out / "cache")] + (["--model", args.model] if args.model else [])
-    with contextlib.redirect_stdout(buf):
-        probe(argv)
-    pr = json.loads(buf.getvalue())
-    result = {"data": "sklearn digits (1797 real 8x8 scans)", "split": "sklearn example: first half / second half",
-              "train": n_tr, "val": half - n_tr, "test": n - half, "classical": classical,
-              "probe": {"model": pr["model"], "feature": pr["feature"], "weight_decay": pr["weight_decay"],
-                        "val_top1": pr["val"]["top1"], "test_top1": pr["test"]["top1"], "test_top5": pr["test"]["top5"]},
-              "finetune": finetune(out, args.steps, args.threads),
-              "published": {"method": "SVC(gamma=0.001), scikit-learn example", "test_top1": 0.97}}
-    print(json.dumps(result))
-    return 0
+    return harness.run("digits", args, measure, versions=("torch", "scikit-learn"), extra={
+        "data": "sklearn digits (1797 real 8x8 scans)", "split": "sklearn example: first half / second half",
+        "train": n_tr, "val": half - n_tr, "test": n - half,
+        "published": {"method": "SVC(gamma=0.001), scikit-learn example", "test_top1": 0.97}})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

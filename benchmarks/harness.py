@@ -37,10 +37,15 @@ Writing a benchmark::
     if __name__ == "__main__":
         raise SystemExit(main())
 
-:func:`run` prints one JSON line per round as it ends, then one with the machine and versions, and
+:func:`run` prints one JSON line per round as it ends, then one with ``extra`` (set-up figures such as
+a parity check), the machine and versions, and
 writes the whole result (rounds, machine, versions, command) to ``--json-out``. Stats per case are
 ``{"median", "min", "max", "all"}`` (seconds); a case returning a dict gets those per key.
 Timing assertions belong here, never in unit tests.
+
+Beside the harness, two pieces that more than one benchmark uses: ``openclip_worker.py`` (open_clip's
+CoCa in its own interpreter, and the random CoCa both sides run) and ``floor.py`` (the memory floor
+of cached greedy decoding).
 """
 
 from __future__ import annotations
@@ -72,11 +77,16 @@ BUSY = {  # what a competing process runs: a pure-Python spin, or another PyTorc
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_", "GOMP_", "KMP_"))}
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every benchmark shares."""
+def parser(doc: str, timed: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark shares.
+
+    ``timed=False``: a benchmark whose figures are not repeated timings (an accuracy run) gets no
+    ``--repeats`` / ``--warmup``; ``--busy`` and ``--json-out`` still apply.
+    """
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (interleaved)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (file cache, lazy set-up)")
+    if timed:
+        p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (interleaved)")
+        p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (file cache, lazy set-up)")
     p.add_argument("--busy", type=int, nargs="+", default=[0],
                    help="competing processes beside the measurement; one full measurement per value")
     p.add_argument("--busy-kind", choices=sorted(BUSY), default="spin")
@@ -85,22 +95,25 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def stats(times: list[float]) -> dict:
-    r = lambda t: round(t, 4)  # noqa: E731
+    r = lambda t: float(f"{t:.5g}")  # noqa: E731  five significant digits: seconds or milliseconds alike
     return {"median": r(statistics.median(times)), "min": r(min(times)), "max": r(max(times)), "all": [r(t) for t in times]}
 
 
-def interleave(cases: dict[str, Callable[[], Timing]], repeats: int, warmup: int = 1) -> dict:
+def interleave(cases: dict[str, Callable[[], Timing]], repeats: int, warmup: int = 1, abba: bool = False) -> dict:
     """Run every case once per round, in order, ``warmup`` untimed rounds then ``repeats`` timed ones.
 
     A case returns None (the harness times the call), a float (seconds it measured itself, e.g. a
     worker process's own timer) or a dict of named figures (each gets its own stats).
+    ``abba``: every second timed round runs the cases in reverse order (A B, B A, A B, ...), so
+    that no case always runs right after the same other one.
     """
     for _ in range(warmup):
         for fn in cases.values():
             fn()
     runs: dict[str, list] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
+    for rnd in range(repeats):
+        order = list(cases.items())
+        for name, fn in (order[::-1] if abba and rnd % 2 else order):
             t0 = time.perf_counter()
             out = fn()
             runs[name].append(time.perf_counter() - t0 if out is None else out)
@@ -201,10 +214,11 @@ def run(name: str, args: argparse.Namespace, measure: Callable[[], dict], *, ver
             row["load_1min_start_end"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
         rounds.append(row)
         print(json.dumps(row), flush=True)
-    result = {"benchmark": name, "repeats": args.repeats, "warmup": args.warmup, **(extra or {}),
+    timing = {key: getattr(args, key) for key in ("repeats", "warmup") if hasattr(args, key)}
+    result = {"benchmark": name, **timing, **(extra or {}),
               "rounds": rounds, "machine": machine(versions),
               "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
-    print(json.dumps({"machine": result["machine"], "command": result["command"]}), flush=True)
+    print(json.dumps({**(extra or {}), "machine": result["machine"], "command": result["command"]}), flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

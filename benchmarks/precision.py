@@ -3,90 +3,39 @@
 CoCa at open_clip's ``coca_ViT-B-32`` with random, non-degenerate weights
 (``tests/parity_weights.py: randomize_``), converted to vlm; vlm runs it at fp32, bf16 and int8
 (``vlm.runtime.precision.to_precision``), open_clip in float32 in its own interpreter
-(``--openclip-python``: open_clip's ``CoCa.generate`` needs transformers < 4.56; the worker of
-``benchmarks/generate.py``). Interleaved (vlm fp32, bf16, int8, open_clip, ...), medians:
+(``--openclip-python``: open_clip's ``CoCa.generate`` needs transformers < 4.56;
+``benchmarks/openclip_worker.py``). Interleaved round by round (vlm fp32, bf16, int8, open_clip;
+``benchmarks/harness.py``), medians:
 
 - greedy: B images x N tokens, the full length forced on both sides, with each precision's memory
-  floor: encode + (N - 1) x the time to read the bytes one later step must read at that precision
-  (weights of the text tower, decoder and LM head, and the cached image keys/values);
+  floor (``benchmarks/floor.py``): encode + (N - 1) x the time to read the bytes one later step
+  must read at that precision (weights of the text tower, decoder and LM head, and the cached
+  image keys/values);
 - image embedding: ``encode_image`` of E images;
 - agreement to vlm fp32 on these random weights: image/text embedding cosine and next-token top-1
   agreement teacher-forced on fp32's greedy tokens. Random weights give nearly flat next-token
   distributions, so the token figure judges nothing about a trained model (docs/precision.md).
 
-    python benchmarks/precision.py --openclip-python /work/venv-oc/bin/python --reps 3 \\
-        [--busy 1] --json-out precision.json
+    python benchmarks/precision.py --openclip-python /work/venv-oc/bin/python --repeats 3 \\
+        [--busy 0 1] --json-out precision.json
+
+The agreement figures are computed once, before the timed rounds (they do not depend on load).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks/generate.py, for both sides
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+import time  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[0] / "tests"))  # parity_weights
-sys.path.insert(0, str(HERE))  # generate: the open_clip worker; harness: the machine line
+import harness  # noqa: E402
+import openclip_worker  # noqa: E402
+from floor import memory_floor  # noqa: E402
+from openclip_worker import EOT, PAD, SOT  # noqa: E402
 
-SOT, EOT, PAD = 49406, 49407, 0
 PRECISIONS = ("fp32", "bf16", "int8")
-
-
-def step_tensors(model, image_kv: list) -> list:
-    """What one later decoding step reads, at the model's precision: every weight of the text
-    tower, decoder and LM head (int8 linears as their int8 values) and the image keys/values."""
-    import torch
-    from torch.ao.nn.quantized.dynamic import Linear as QLinear
-
-    out = []
-    for stack in (model.text.transformer, model.decoder):
-        for name, m in stack.named_modules():
-            if "kv_proj" in name:  # image keys/values: first step only
-                continue
-            if isinstance(m, QLinear):
-                w, b = m._packed_params._weight_bias()
-                out += [w.int_repr()] + ([b] if b is not None else [])
-            else:
-                out += [p.detach() for p in m.parameters(recurse=False)]
-    return out + [t for t in image_kv if torch.is_tensor(t)]
-
-
-def floor(model, x, tokens: int, reps: int) -> dict:
-    """encode + first step, and (tokens - 1) x the time ``Tensor.sum`` takes over ``step_tensors``.
-    For int8 the sum accumulates into int64 and is slower than the decoder itself: there
-    ``bytes_per_step`` / the fp32 read rate is the meaningful floor (BENCHMARKS.md)."""
-    import torch
-
-    from vlm.generation.decode import _Stepper
-    from vlm.model.packed_linear import packed_linears
-
-    sot = torch.full((x.shape[0], 1), SOT, dtype=torch.long)
-    enc, read = [], []
-    with torch.inference_mode(), packed_linears([model.text.transformer, model.decoder], x.shape[0]):
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            step = _Stepper(model, model.visual(x).tokens)
-            step(sot)
-            enc.append(time.perf_counter() - t0)
-        kv = [t for layer in step.dec_cache.layers[1::2] for t in (layer.k, layer.v)]
-        tensors = step_tensors(model, kv)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for t in tensors:
-                t.sum()
-            read.append(time.perf_counter() - t0)
-    nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    e, r = statistics.median(enc), statistics.median(read)
-    return {"encode_s": e, "read_per_step_s": r, "bytes_per_step": nbytes, "floor_s": e + (tokens - 1) * r}
 
 
 def agreement(models: dict, images, text) -> dict:
@@ -124,106 +73,75 @@ def agreement(models: dict, images, text) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--openclip-python", default="/work/venv-oc/bin/python")
-    p.add_argument("--arch", default="coca_ViT-B-32")
+    p = harness.parser(__doc__)
+    openclip_worker.add_arguments(p)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tokens", type=int, default=30)
     p.add_argument("--embed-batch", type=int, default=16, help="images per encode_image call")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--busy", type=int, default=0, help="run beside this many `python -c 'while 1: pass'` processes")
-    p.add_argument("--json-out", default=None)
+    p.add_argument("--threads", type=int, default=2, help="torch threads on each side")
+    p.set_defaults(repeats=3, warmup=0)
     args = p.parse_args(argv)
 
-    import open_clip
     import torch
-    from safetensors.torch import save_file
 
-    from generate import Worker
-    from harness import machine
-    from parity_weights import randomize_
-    from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
     from vlm.generation.config import GenerationConfig, SpecialTokens
     from vlm.generation.decode import generate
     from vlm.runtime.precision import input_dtype, to_precision
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    oc_model = randomize_(open_clip.create_model(args.arch), seed=0, logit_gain=4.0).eval()
-    cfg = config_from_open_clip(open_clip.get_model_config(args.arch))
-    fp32 = from_open_clip_model(oc_model, cfg).eval()
+    oc_model, cfg, fp32 = openclip_worker.random_coca(args.arch)
     models = {name: to_precision(copy.deepcopy(fp32), name, torch.device("cpu")) for name in PRECISIONS}
+    del fp32
     size = cfg.vision.image_size
     g = torch.Generator().manual_seed(1)
     images = torch.randn(args.batch, 3, size, size, generator=g)
     embed_images = torch.randn(args.embed_batch, 3, size, size, generator=g)
     text = torch.randint(1, 49000, (args.batch, cfg.text.context_length), generator=g)
     text[:, 0], text[:, 20], text[:, 21:] = SOT, EOT, PAD
-    res: dict = {"arch": args.arch, "batch": args.batch, "tokens": args.tokens, "embed_batch": args.embed_batch,
-                 "reps": args.reps, "threads": args.threads, "busy_processes": args.busy}
-    res["agreement"] = agreement(models, images, text)
-    print(json.dumps(res["agreement"]), file=sys.stderr)
-    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
-    time.sleep(1.0 if busy else 0.0)
-    load_start = os.getloadavg()[0]
+    agree = agreement(models, images, text)
     sp = SpecialTokens(SOT, EOT, PAD)
     gcfg = GenerationConfig(max_tokens=args.tokens, min_tokens=args.tokens)
-    with tempfile.TemporaryDirectory() as tmp:
-        state = {k: v.contiguous() for k, v in oc_model.state_dict().items()}
-        state.update(__images__=images, __text__=text, __train_images__=embed_images, __train_text__=text.clone())
-        save_file(state, os.path.join(tmp, "state.safetensors"))
-        del state, oc_model
-        w = Worker(args.openclip_python, os.path.join(tmp, "state.safetensors"), args.arch, args.threads)
-        try:
-            times = {k: [] for k in [*PRECISIONS, "open_clip"]}
-            etimes = {k: [] for k in [*PRECISIONS, "open_clip"]}
-            for name, m in models.items():  # warm-up
-                generate(m, images.to(input_dtype(m)), sp, GenerationConfig(max_tokens=4, min_tokens=4))
+    x = {name: images.to(input_dtype(m)) for name, m in models.items()}
+    xe = {name: embed_images.to(input_dtype(m)) for name, m in models.items()}
+
+    def vlm_side(name: str):
+        def case() -> dict:
+            m = models[name]
+            t0 = time.perf_counter()
+            generate(m, x[name], sp, gcfg)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                m.encode_image(xe[name])
+            return {"greedy_s": t1 - t0, "embed_s": time.perf_counter() - t1}
+        return case
+
+    inputs = {"images": images, "embed_images": embed_images}
+    with openclip_worker.start(args.openclip_python, args.arch, oc_model, inputs, threads=args.threads) as w:
+        del oc_model
+        cases = {name: vlm_side(name) for name in PRECISIONS}
+        cases["open_clip"] = lambda: {"greedy_s": w.ask(op="greedy", tokens=args.tokens)["time"],
+                                      "embed_s": w.ask(op="encode", batch=args.embed_batch)["time"]}
+
+        def measure() -> dict:
+            for name, m in models.items():  # warm-up: short captions on every side
+                generate(m, x[name], sp, GenerationConfig(max_tokens=4, min_tokens=4))
             w.ask(op="greedy", tokens=4)
             w.ask(op="encode", batch=args.embed_batch)
-            for rep in range(args.reps):
-                for name, m in models.items():
-                    x = images.to(input_dtype(m))
-                    t0 = time.perf_counter()
-                    generate(m, x, sp, gcfg)
-                    times[name].append(time.perf_counter() - t0)
-                    xe = embed_images.to(input_dtype(m))
-                    with torch.inference_mode():
-                        t0 = time.perf_counter()
-                        m.encode_image(xe)
-                        etimes[name].append(time.perf_counter() - t0)
-                times["open_clip"].append(w.ask(op="greedy", tokens=args.tokens)["time"])
-                etimes["open_clip"].append(w.ask(op="encode", batch=args.embed_batch)["time"])
-                print(f"rep {rep}: greedy " + " ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
-                      + " | embed " + " ".join(f"{k} {v[-1]:.2f}s" for k, v in etimes.items()),
-                      file=sys.stderr)
-            oc = statistics.median(times["open_clip"])
-            oce = statistics.median(etimes["open_clip"])
-            res["open_clip"] = {"greedy_s": oc, "embed_images_per_s": args.embed_batch / oce,
-                                "greedy_all_s": times["open_clip"], "embed_all_s": etimes["open_clip"]}
+            res = harness.interleave(cases, args.repeats, warmup=args.warmup)
+            oc, oce = res["open_clip"]["greedy_s"]["median"], res["open_clip"]["embed_s"]["median"]
+            res["open_clip"]["embed_images_per_s"] = args.embed_batch / oce
             for name, m in models.items():
-                t, e = statistics.median(times[name]), statistics.median(etimes[name])
-                fl = floor(m, images.to(input_dtype(m)), args.tokens, args.reps)
-                res[name] = {"greedy_s": t, "greedy_speedup": oc / t, "greedy_all_s": times[name],
-                             "embed_images_per_s": args.embed_batch / e, "embed_speedup": oce / e,
-                             "embed_all_s": etimes[name], "floor": fl, "max_speedup": oc / fl["floor_s"],
-                             "over_floor": t / fl["floor_s"]}
-        finally:
-            w.close()
-            for pr in busy:
-                pr.kill()
-                pr.wait()
-    res["load_average_start_end"] = [load_start, os.getloadavg()[0]]
-    res["machine"] = machine()
-    res["versions"] = {"vlm_torch": torch.__version__, "worker": w.info}
-    res["command"] = " ".join([os.path.basename(sys.executable), *sys.argv])
-    print(json.dumps(res, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(res, fh, indent=2)
-    return 0
+                t, e = res[name]["greedy_s"]["median"], res[name]["embed_s"]["median"]
+                fl = memory_floor(m, x[name], args.tokens, args.repeats, SOT)
+                res[name].update(greedy_speedup=oc / t, embed_images_per_s=args.embed_batch / e,
+                                 embed_speedup=oce / e, floor=fl, max_speedup=oc / fl["floor_s"],
+                                 over_floor=t / fl["floor_s"])
+            return res
+
+        return harness.run("precision", args, measure, versions=("torch",), extra={
+            "arch": args.arch, "batch": args.batch, "tokens": args.tokens, "embed_batch": args.embed_batch,
+            "threads": args.threads, "agreement": agree, "open_clip_worker": w.info})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

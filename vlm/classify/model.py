@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlm.io import configio
-from vlm.model.config import PreprocessConfig, VisionConfig, check_image_size
+from vlm.model.config import PreprocessConfig, VisionConfig, check_vision_input, vision_config_dict
 from vlm.model.vit import VisionTransformer
 
 FEATURES = ("pooled", "embedding")
@@ -74,13 +74,7 @@ class ClassifierConfig:
             raise ValueError("feature='embedding' needs a backbone with a contrastive projection (embed_dim)")
         if self.vision.pool == "attn" and self.embed_dim is None:
             raise ValueError("an attentional-pooler ViT needs embed_dim")
-        try:
-            check_image_size(self.vision.image_size, self.vision.patch_size)
-        except ValueError:
-            raise ValueError(f"vision.image_size={self.vision.image_size}: must be a multiple of "
-                             f"vision.patch_size={self.vision.patch_size}") from None
-        if self.preprocess.image_size is not None:
-            raise ValueError("preprocess.image_size: leave it out; the model's input size is vision.image_size")
+        check_vision_input(self.vision, self.preprocess)
 
     @property
     def feature_dim(self) -> int:
@@ -89,9 +83,7 @@ class ClassifierConfig:
         return int(self.embed_dim) if self.vision.pool == "attn" else self.vision.width
 
     def to_dict(self) -> dict[str, Any]:
-        d = configio.to_dict(self)
-        del d["preprocess"]["image_size"]  # the input size is vision.image_size
-        return d
+        return vision_config_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "classifier config") -> "ClassifierConfig":

@@ -9,8 +9,8 @@ Named architectures live as JSON files in ``vlm/model/model_configs/``;
 ``list_configs()`` lists them and ``get_config(name)`` loads one. Every dict
 becomes a config through the one typed loader, ``vlm.io.configio`` (strict keys,
 errors naming the file and the dotted key); ``ModelConfig.validate`` holds every
-rule of a model config once, and ``check_image_size`` the one rule for input
-sizes. ``PreprocessConfig`` is the one description of preprocessing: the model
+rule of a model config once, ``check_image_size`` the one rule for input
+sizes, and ``check_vision_input`` the input rules it shares with the classifier config. ``PreprocessConfig`` is the one description of preprocessing: the model
 config's ``preprocess`` section (without a size: that is ``vision.image_size``)
 and, via ``PreprocessConfig.for_model``, the transform a pipeline runs.
 """
@@ -149,6 +149,25 @@ def check_image_size(size, patch_size: int) -> None:
                      f"image size {shown} is not a positive multiple of the patch size {patch_size}")
 
 
+def check_vision_input(vision: VisionConfig, preprocess: PreprocessConfig) -> None:
+    """The input rules of every config with a ViT and a preprocess section (model, classifier):
+    ``vision.image_size`` a multiple of the patch size, and no second size in ``preprocess``."""
+    try:
+        check_image_size(vision.image_size, vision.patch_size)
+    except ValueError:
+        raise ValueError(f"vision.image_size={vision.image_size}: must be a multiple of "
+                         f"vision.patch_size={vision.patch_size}") from None
+    if preprocess.image_size is not None:
+        raise ValueError("preprocess.image_size: leave it out; the model's input size is vision.image_size")
+
+
+def vision_config_dict(cfg) -> dict[str, Any]:
+    """``configio.to_dict`` of such a config, without ``preprocess.image_size`` (it is vision.image_size)."""
+    d = configio.to_dict(cfg)
+    del d["preprocess"]["image_size"]
+    return d
+
+
 @dataclass
 class ModelConfig:
     model_type: str = "coca"  # "clip" (towers only) or "coca" (towers + caption decoder)
@@ -182,11 +201,7 @@ class ModelConfig:
             _check_tower(self.decoder, "decoder", ("vocab_size", "context_length", "width", "layers", "heads"))
             if self.decoder.width != self.text.width:
                 raise ValueError("decoder.width must equal text.width: the decoder reads text token embeddings")
-        try:
-            check_image_size(self.vision.image_size, self.vision.patch_size)
-        except ValueError:
-            raise ValueError(f"vision.image_size={self.vision.image_size}: must be a multiple of "
-                             f"vision.patch_size={self.vision.patch_size}") from None
+        check_vision_input(self.vision, self.preprocess)
         if self.vision.pool not in ("cls", "attn"):
             raise ValueError(f"vision.pool must be 'cls' or 'attn', got {self.vision.pool!r}")
         if self.vision.pool == "cls" and not self.vision.cls_token:
@@ -198,15 +213,11 @@ class ModelConfig:
             raise ValueError(f"text.pool must be 'eot' or 'cls', got {self.text.pool!r}")
         if self.text.cls_mask not in ("correct", "legacy"):
             raise ValueError(f"text.cls_mask must be 'correct' or 'legacy', got {self.text.cls_mask!r}")
-        if self.preprocess.image_size is not None:
-            raise ValueError("preprocess.image_size: leave it out; the model's input size is vision.image_size")
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer={self.tokenizer!r}: must be one of {', '.join(TOKENIZERS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = configio.to_dict(self)
-        del d["preprocess"]["image_size"]  # the input size is vision.image_size
-        return d
+        return vision_config_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "model config") -> "ModelConfig":
