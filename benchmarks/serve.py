@@ -4,18 +4,18 @@ caption done in process (``Pipeline.caption``).
 
 The model is open_clip's ``coca_ViT-B-32`` with random non-degenerate weights
 (``tests/parity_weights.py: randomize_``), converted with ``vlm convert open_clip``. The server is
-``vlm serve --model DIR`` in a subprocess on 127.0.0.1. ``--busy 1`` runs one busy-looping process
-beside it (the machine is shared: os.getloadavg() is recorded with each figure).
+``vlm serve --model DIR`` (its defaults unless ``--max-wait-ms`` is given) in a subprocess on
+127.0.0.1. Each round sends every request one at a time, then all of them from the concurrent
+clients (``throughput_ratio`` = one-at-a-time wall / concurrent wall); then the lone request and
+the in-process caption alternate ``--lone-repeats`` times.
 
-    python benchmarks/serve.py [--clients 16] [--per-client 2] [--busy 0|1] [--max-wait-ms 5]
+    python benchmarks/serve.py --repeats 1 --busy 0 1 --json-out serve.json
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+import harness
+
+sys.path.insert(0, str(harness.REPO / "tests"))
 
 
 def post(url: str, payload: dict) -> dict:
@@ -46,13 +47,14 @@ def build_model(out: Path) -> None:
     state = out.parent / "coca.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(state))
     subprocess.run([sys.executable, "-m", "vlm.cli.main", "convert", "open_clip", str(state), "--arch",
-                    "coca_ViT-B-32", "--out", str(out)], check=True, cwd=REPO)
+                    "coca_ViT-B-32", "--out", str(out)], check=True, cwd=harness.REPO, env=harness.CLEAN_ENV)
 
 
-def start(model: Path, max_batch: int, max_wait_ms: float):
+def start(model: Path, max_batch: int, max_wait_ms: float | None):
+    wait = [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
     proc = subprocess.Popen([sys.executable, "-m", "vlm.cli.main", "serve", "--model", str(model), "--port", "0",
-                             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
-                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             "--max-batch", str(max_batch), *wait],
+                            cwd=harness.REPO, stderr=subprocess.PIPE, text=True, env=harness.CLEAN_ENV)
     for line in proc.stderr:
         if " images at http://" in line:
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
@@ -60,89 +62,78 @@ def start(model: Path, max_batch: int, max_wait_ms: float):
     raise SystemExit(f"server did not start (exit {proc.wait()})")
 
 
-def run(url: str, images: list[str], clients: int) -> tuple[float, list[float], list[str]]:
-    """Wall time, per-request latencies and captions of all requests over ``clients`` threads."""
-    lat, caps = [0.0] * len(images), [""] * len(images)
+def clients(url: str, images: list[str], n_clients: int, captions: list[str]) -> dict:
+    """All requests over ``n_clients`` threads, each sending its next when its last is answered."""
+    lat = [0.0] * len(images)
 
     def worker(ids):
         for i in ids:
             t = time.perf_counter()
-            caps[i] = post(url + "api/caption", {"images": [images[i]]})["results"][0]["caption"]
+            captions[i] = post(url + "api/caption", {"images": [images[i]]})["results"][0]["caption"]
             lat[i] = time.perf_counter() - t
 
-    threads = [threading.Thread(target=worker, args=(list(range(c, len(images), clients)),)) for c in range(clients)]
+    threads = [threading.Thread(target=worker, args=(list(range(c, len(images), n_clients)),))
+               for c in range(n_clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - t0, lat, caps
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "req_per_s": len(images) / wall, "p50_s": float(np.percentile(lat, 50)),
+            "p99_s": float(np.percentile(lat, 99))}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser(__doc__)
+    p.set_defaults(repeats=1, warmup=0)
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--per-client", type=int, default=2)
-    p.add_argument("--busy", type=int, default=0)
+    p.add_argument("--per-client", type=int, default=4, help="requests each concurrent client sends in turn")
     p.add_argument("--lone-repeats", type=int, default=5)
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms (its default: 5)")
+    p.add_argument("--max-wait-ms", type=float, default=None, help="the server's --max-wait-ms (default: its own)")
     args = p.parse_args(argv)
-    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
-    proc = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = Path(tmp) / "coca"
-            build_model(model_dir)
-            from PIL import Image
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "coca"
+        build_model(model_dir)
+        from PIL import Image
 
-            import vlm
+        import vlm
 
-            rng = np.random.default_rng(0)
-            n = args.clients * args.per_client
-            paths = []
-            for i in range(n):
-                path = Path(tmp) / f"img{i}.png"
-                Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(path)
-                paths.append(path)
-            b64 = [base64.b64encode(p.read_bytes()).decode() for p in paths]
-            proc, url = start(model_dir, args.clients, args.max_wait_ms)
-            post(url + "api/caption", {"images": [b64[0]]})  # warm-up
-            load0 = os.getloadavg()[0]
-            seq_wall, seq_lat, seq_caps = run(url, b64, 1)
-            con_wall, con_lat, con_caps = run(url, b64, args.clients)
-            load1 = os.getloadavg()[0]
+        rng = np.random.default_rng(0)
+        paths = []
+        for i in range(args.clients * args.per_client):
+            path = Path(tmp) / f"img{i}.png"
+            Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(path)
+            paths.append(path)
+        b64 = [base64.b64encode(p.read_bytes()).decode() for p in paths]
+        proc, url = start(model_dir, args.clients, args.max_wait_ms)
+        try:
+            info = json.loads(urllib.request.urlopen(url + "api/info", timeout=60).read())
             pipe = vlm.load(str(model_dir))
             pipe.caption([str(paths[0])])  # warm-up
-            lone, inproc = [], []
-            for _ in range(args.lone_repeats):  # interleaved
-                t = time.perf_counter()
-                post(url + "api/caption", {"images": [b64[0]]})
-                lone.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                pipe.caption([str(paths[0])])
-                inproc.append(time.perf_counter() - t)
-            same = con_caps == seq_caps
-            result = {
-                "requests": n, "clients": args.clients, "busy": args.busy, "max_wait_ms": args.max_wait_ms, "loadavg": [round(load0, 2), round(load1, 2)],
-                "one_at_a_time": {"req_per_s": round(n / seq_wall, 3), "p50_ms": round(np.percentile(seq_lat, 50) * 1e3),
-                                  "p99_ms": round(np.percentile(seq_lat, 99) * 1e3)},
-                "concurrent": {"req_per_s": round(n / con_wall, 3), "p50_ms": round(np.percentile(con_lat, 50) * 1e3),
-                               "p99_ms": round(np.percentile(con_lat, 99) * 1e3)},
-                "throughput_ratio": round(seq_wall / con_wall, 2),
-                "lone_ms": round(float(np.median(lone)) * 1e3), "in_process_ms": round(float(np.median(inproc)) * 1e3),
-                "lone_ratio": round(float(np.median(lone) / np.median(inproc)), 3),
-                "captions_identical": same,
-            }
-            print(json.dumps(result, indent=1))
-    finally:
-        if proc is not None:
+            post(url + "api/caption", {"images": [b64[0]]})
+            seq_caps, con_caps = [""] * len(b64), [""] * len(b64)
+
+            def measure() -> dict:
+                res = harness.interleave({"one_at_a_time": lambda: clients(url, b64, 1, seq_caps),
+                                          "concurrent": lambda: clients(url, b64, args.clients, con_caps)},
+                                         args.repeats, warmup=args.warmup)
+                res["throughput_ratio"] = round(harness.ratio(res, "one_at_a_time", "concurrent", "wall_s"), 3)
+                lone = harness.interleave({"lone": lambda: post(url + "api/caption", {"images": [b64[0]]}) and None,
+                                           "in_process": lambda: pipe.caption([str(paths[0])]) and None},
+                                          args.lone_repeats, warmup=0)
+                res.update(lone)
+                res["lone_ratio"] = round(harness.ratio(lone, "lone", "in_process"), 3)
+                res["captions_identical"] = con_caps == seq_caps
+                return res
+
+            return harness.run("serve", args, measure, versions=("torch", "open_clip_torch", "waitress"), extra={
+                "requests": len(b64), "clients": args.clients, "server_threads": info["torch_threads"],
+                "in_process_threads": __import__("torch").get_num_threads(), "batching": info["batching"]})
+        finally:
             proc.terminate()
             proc.wait()
-        for b in busy:
-            b.kill()
-            b.wait()
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -84,6 +84,7 @@ def test_health_ready_info(server, index_dir):
     status, data, _ = call(server + "api/info")
     assert status == 200 and data["indexes"][index_dir.name]["size"] == 24 and data["dim"] > 0
     assert data["limits"]["max_images"] == 8 and data["batching"]["max_batch"] == 8
+    assert data["torch_threads"] == 1  # OMP_NUM_THREADS=1 (tests/serve_helpers.py): the user's setting is kept
 
 
 def test_api_key_required(server):

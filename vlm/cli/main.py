@@ -47,7 +47,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm.runtime.threads import configure
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] != ["train"]:  # training sets its own threads (num_threads); a launch-time guess would stick
+    if argv[:1] == ["serve"]:  # a server runs for hours: the load when it starts says nothing of the load
+        configure(load=None)  # while it serves, so it takes every usable core (threads wait passively)
+    elif argv[:1] != ["train"]:  # training sets its own threads (num_threads); a launch-time guess would stick
         configure()  # OpenMP wait policy and thread count for the machine as it is, before torch loads
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

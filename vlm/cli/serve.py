@@ -23,8 +23,9 @@ def build_parser() -> Parser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--threads", type=int, default=32, help="request threads (default 32)")
     p.add_argument("--max-batch", type=int, default=16, help="images per model batch (default 16)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="longest wait for more requests to fill a batch (default 5)")
+    p.add_argument("--max-wait-ms", type=float, default=50.0,
+                   help="longest wait for more requests to fill a batch (default 50; never more than 5%% of "
+                        "what the last batch of the same kind took)")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting for the model before 429s")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait for the model")
     p.add_argument("--api-key-env", default=None, metavar="VAR",

@@ -118,8 +118,11 @@ def create_app(backend, batcher, limits: Limits = Limits(), api_key: Optional[st
 
     @app.get("/api/info")
     def info():
-        return jsonify({**backend.info(), "limits": limits.__dict__,
-                        "batching": {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000}})
+        import torch
+
+        return jsonify({**backend.info(), "limits": limits.__dict__, "torch_threads": torch.get_num_threads(),
+                        "batching": {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
+                                     "wait_share": getattr(batcher, "wait_share", None)}})
 
     @app.post("/api/caption")
     def caption():
