@@ -24,8 +24,9 @@ CLIENT = """
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("clip_client", sys.argv[1])
 mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-client = mod.ClipClient(url=sys.argv[2] + "knn-service", indice_name=sys.argv[3], num_images=4)
 q = json.loads(sys.argv[4])
+client = mod.ClipClient(url=sys.argv[2] + "knn-service", indice_name=sys.argv[3], num_images=q.pop("num_images", 4),
+                        deduplicate=q.pop("deduplicate", False))
 print(json.dumps(client.query(**q)))
 """
 
@@ -48,7 +49,10 @@ def index_dir(tmp_path_factory) -> Path:
     from vlm.data.shapes_dir import generate_shapes
 
     root = tmp_path_factory.mktemp("serve_cr")
-    vlm.index.build([generate_shapes(root / "shapes", 16, seed=7)], root / "idx", workers=0)
+    shapes = Path(generate_shapes(root / "shapes", 16, seed=7))
+    (root / "copies").mkdir()  # a second source: an exact duplicate of one scene, cosine 1 to its row
+    (root / "copies" / "copy.png").write_bytes(sorted((shapes / "images").glob("*.png"))[3].read_bytes())
+    vlm.index.build([str(shapes), str(root / "copies")], root / "idx", workers=0)
     return root / "idx"
 
 
@@ -84,12 +88,53 @@ def test_clip_client_text_image_embedding(clip_client, server, index_dir):
     assert [r["id"] for r in by_vec] == [r["id"] for r in by_text]
 
 
+@pytest.mark.slow
+def test_deduplicate_drops_near_duplicate_images_as_clip_retrieval_does(clip_client, server, index_dir):
+    import numpy as np
+
+    import vlm.index
+    from vlm.index.dedup import THRESHOLD
+
+    index = vlm.index.open(index_dir)
+    copy = next(n for n, p in enumerate(index.paths) if p.endswith("copy.png"))
+    image = index.paths[copy]
+    same = (index.vectors_of(range(len(index))) @ index.vectors_of([copy])[0]) > 1 - 1e-5
+    original = next(n for n in np.flatnonzero(same) if n != copy)
+    plain = client_query(clip_client, server, index_dir, image=image, num_images=8)
+    assert {r["id"] for r in plain[:2]} == {original, copy}  # both at cosine 1 without deduplication
+    deduped = client_query(clip_client, server, index_dir, image=image, num_images=8, deduplicate=True)
+    ids = [r["id"] for r in deduped]
+    assert len(ids) < 8 and sum(i in (original, copy) for i in ids) == 1  # one of the pair, nothing added
+    vectors = index.vectors_of(ids)
+    cos = vectors @ vectors.T
+    assert (cos[np.triu_indices(len(ids), 1)] < THRESHOLD).all()  # no near duplicates left
+    dropped = [r["id"] for r in plain if r["id"] not in ids]
+    kept = index.vectors_of(ids)
+    for row in dropped:  # each dropped hit was a near duplicate of a better-ranked one
+        assert (kept @ index.vectors_of([row])[0]).max() >= THRESHOLD - 1e-6 or \
+            any((index.vectors_of([d])[0] @ index.vectors_of([row])[0]) >= THRESHOLD for d in dropped if d != row)
+
+
+def test_near_duplicate_groups_keep_their_best_ranked_hit():
+    import numpy as np
+
+    from vlm.index.dedup import near_duplicates_dropped
+
+    e = np.eye(4, dtype=np.float32)
+    a, b = e[0], (0.97 * e[0] + np.sqrt(1 - 0.97 ** 2) * e[1])   # cos(a, b) = 0.97
+    c = 0.97 * b + np.sqrt(1 - 0.97 ** 2) * e[2]                 # cos(b, c) = 0.97, cos(a, c) < 0.94
+    c /= np.linalg.norm(c)
+    vectors = np.stack([e[3], b, a, c])  # ranks: an unrelated hit, then b, a, c
+    assert near_duplicates_dropped(vectors) == [0, 1]  # a and c chain through b, the best-ranked of them
+    assert near_duplicates_dropped(vectors, threshold=0.99) == [0, 1, 2, 3]
+
+
 def test_served_url_is_the_image(server, index_dir):
     import urllib.request
 
     status, hits, _ = call(server + "knn-service", {"text": "a blue triangle", "num_images": 2,
                                                      "indice_name": index_dir.name, "use_safety_model": True,
-                                                     "aesthetic_score": 9, "deduplicate": True})
+                                                     "aesthetic_score": 9, "deduplicate": False})
     assert status == 200 and len(hits) == 2
     with urllib.request.urlopen(hits[0]["url"], timeout=30) as r:
         import vlm.index

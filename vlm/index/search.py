@@ -92,6 +92,18 @@ class Index:
         with self._lock:
             return self.pipeline.encode_images(list(images)).cpu().numpy()
 
+    def vectors_of(self, rows: Sequence[int]) -> np.ndarray:
+        """(len(rows), dim) the stored embeddings of these rows (IVF-PQ: as its codes give them back)."""
+        import faiss
+
+        ids = np.asarray(rows, dtype=np.int64)
+        with self._lock:
+            try:
+                return self.faiss.reconstruct_batch(ids)
+            except RuntimeError:  # an IVF index keeps no id -> list map until asked for one
+                faiss.extract_index_ivf(self.faiss).make_direct_map()
+                return self.faiss.reconstruct_batch(ids)
+
     # -- searching ----------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Top-k hits for each row of ``queries`` (n, dim), L2-normalised."""

@@ -5,10 +5,12 @@
     GET  /indices-list   ["index name", ...]
     POST /metadata       {"ids": [...], "indice_name"} -> [{"id", "metadata": {"caption", "url", "path"}}]
 
-``image_url`` queries are refused (the server never fetches URLs). ``use_safety_model``,
-``use_violence_detector``, ``aesthetic_score``, ``aesthetic_weight``, ``use_mclip``,
-``num_result_ids`` and ``deduplicate`` are accepted and ignored (index rows are unique paths; no
-near-duplicate removal). ``url`` is this server's ``/image?path=...`` for the row.
+``image_url`` queries are refused (the server never fetches URLs). ``deduplicate`` and
+``num_result_ids`` work as in clip-retrieval: the top ``num_result_ids`` hits (default
+``num_images``) lose their near duplicates (vlm.index.dedup), then the first ``num_images`` are
+answered, so a deduplicated answer can be shorter. ``use_safety_model``, ``use_violence_detector``,
+``aesthetic_score``, ``aesthetic_weight`` and ``use_mclip`` are accepted and ignored (vlm has no
+safety, violence or aesthetic model). ``url`` is this server's ``/image?path=...`` for the row.
 """
 
 from __future__ import annotations
@@ -51,17 +53,27 @@ def add_routes(app, backend, limits: Limits) -> None:
         if modality != "image":
             raise RequestError("modality", f"{modality!r}: only 'image' is served (the indexes hold image "
                                            f"embeddings)")
-        query = {"k": data.get("num_images") or 40, "index": data.get("indice_name")}
+        num_images = data.get("num_images") or 40
+        query = {"k": data.get("num_result_ids") or num_images, "index": data.get("indice_name")}
         for ours, theirs in (("q", "text"), ("image", "image"), ("embedding", "embedding_input")):
             if data.get(theirs) is not None:
                 query[ours] = data[theirs]
         try:
+            if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= limits.max_k:
+                raise RequestError("num_images", f"{num_images!r}: must be a whole number 1..{limits.max_k}")
             req = parse_search(query, limits)
         except RequestError as e:  # name the field as the client sent it
-            theirs = {"q": "text", "k": "num_images", "embedding": "embedding_input", "index": "indice_name"}
+            theirs = {"q": "text", "k": "num_result_ids" if "num_result_ids" in data else "num_images",
+                      "embedding": "embedding_input", "index": "indice_name"}
             raise RequestError(theirs.get(e.field, e.field), str(e).split(": ", 1)[1], e.status) from None
         name, index = backend.index(req.index)
         hits = index.search_vectors(backend.query_vector(req), req.k)[0]
+        if data.get("deduplicate") and len(hits) > 1:
+            from vlm.index.dedup import near_duplicates_dropped
+
+            keep = near_duplicates_dropped(index.vectors_of([index.row(h.path) for h in hits]))
+            hits = [hits[i] for i in keep]
+        hits = hits[:num_images]
         out = []
         for h in hits:
             row = index.row(h.path)
