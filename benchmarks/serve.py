@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     p.add_argument("--lone-repeats", type=int, default=5)
     p.add_argument("--max-wait-ms", type=float, default=None, help="the server's --max-wait-ms (default: its own)")
     args = p.parse_args(argv)
+    from vlm.runtime.threads import configure
+
+    configure(load=None)  # the in-process side gets what `vlm serve` takes: every core, passive OpenMP waits
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "coca"
         build_model(model_dir)
