@@ -255,7 +255,6 @@ def user_folder(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("docs")  # in sequence in one folder: one pytest-xdist worker runs them all
 @pytest.mark.parametrize("doc", documents(), ids=lambda d: str(d.relative_to(REPO)))
 def test_document_blocks_run_in_sequence_in_one_folder(doc, user_folder):
     """The documents in sequence in one folder, as a user reads them: this one after every document

@@ -32,8 +32,7 @@ import pytest
 
 from conftest import REPO, free_port
 
-# one xdist group with the documents: docs/serve_ray.md starts a Ray instance of its own too
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("docs")]
+pytestmark = pytest.mark.slow
 
 
 def _ray_installed() -> None:
@@ -199,8 +198,11 @@ def test_same_requests_same_answers(servers, index_dir):
         if want[1].startswith("application/json"):
             # links the server makes (clip-retrieval's "url") name its own address: compare without it
             got_json = json.loads(got[2].replace(ray.url.rstrip("/").encode(), b"SERVER"))
-            assert got_json == json.loads(want[2].replace(single.url.rstrip("/").encode(), b"SERVER")), \
-                f"{name}: other JSON on Ray"
+            want_json = json.loads(want[2].replace(single.url.rstrip("/").encode(), b"SERVER"))
+            if path == "/api/info":  # the one thing that differs: Ray's @serve.batch waits max_wait_ms flat,
+                # vlm serve's batcher at most 5% of its last batch's run time as well (docs/serve.md)
+                assert (got_json["batching"].pop("wait_share"), want_json["batching"].pop("wait_share")) == (None, 0.05)
+            assert got_json == want_json, f"{name}: other JSON on Ray"
         else:
             assert got[2] == want[2], f"{name}: other bytes on Ray"
 

@@ -24,6 +24,9 @@ def build_parser() -> Parser:
 
     p = serve_parser()
     p.prog = "vlm serve-ray"
+    for action in p._actions:  # Ray's @serve.batch waits a flat time: no 5% cap as in vlm serve's queue
+        if action.dest == "max_wait_ms":
+            action.help = "how long a short batch waits for more requests (Ray's @serve.batch; default 50)"
     p.description = "vlm serve's model server as a Ray Serve deployment (replicas, Ray's batching)."
     p.add_argument("--replicas", type=int, default=None,
                    help="replicas (default: one per GPU of the cluster, else 1); --threads is per replica")
