@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from vlm.model.packed_linear import available, clear_cache, packed_linears
+from vlm.model.packed_linear import _bf16_kernels, available, clear_cache, packed_linears
 
 pytestmark = pytest.mark.skipif(not available(torch.zeros(1)), reason="no MKL in this PyTorch build")
 
@@ -56,3 +56,32 @@ def test_generation_tokens_identical_with_and_without_packing(monkeypatch):
             results.append(gen.generate(model, images, gen.SpecialTokens(1, 999, 0), cfg))
     assert results[:2] == results[2:]
     assert len({t for row in results[0] for t in row}) > 3
+
+
+@pytest.mark.skipif(not _bf16_kernels(), reason="no native bfloat16 oneDNN kernels on this CPU / build")
+def test_bf16_packed_products_are_bit_identical_and_generation_unchanged(monkeypatch):
+    from conftest import perturb, shrink
+
+    import vlm.generation.decode as gen
+    from vlm.model.config import get_config
+    from vlm.model.coca import create_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)).to(torch.bfloat16)
+    x = torch.randn(8, 1, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref = net(x)
+        with packed_linears([net], rows=8) as n:
+            assert n == 2
+            out = net(x)
+            assert net(torch.randn(3, 64, dtype=torch.bfloat16)).shape == (3, 64)  # other rows: plain path
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
+    model = perturb(create_model(shrink(get_config("coca_ViT-B-32"))), scale=1.0).eval()
+    with torch.no_grad():
+        model.decoder.lm_head.weight.mul_(20)
+    model.to(torch.bfloat16)
+    images = torch.randn(3, 3, model.cfg.vision.image_size, model.cfg.vision.image_size, dtype=torch.bfloat16)
+    cfg = gen.GenerationConfig(max_tokens=12, min_tokens=12)
+    packed = gen.generate(model, images, gen.SpecialTokens(1, 999, 0), cfg)
+    monkeypatch.setattr(gen, "packed_linears", lambda mods, rows: contextlib.nullcontext(0))
+    assert packed == gen.generate(model, images, gen.SpecialTokens(1, 999, 0), cfg)

@@ -10,8 +10,14 @@ models) roughly halves the time of a decoding step. The packed product computes
 the same sums in a different blocking: results agree with ``F.linear`` to float
 rounding (~1e-6 relative).
 
-Used by ``vlm.generation.decode``; a no-op on GPUs, for non-float32 weights or when the
-PyTorch build has no MKL.
+bfloat16 weights (``--precision bf16``) are packed the same way by oneDNN
+(``torch.ops.mkldnn._reorder_linear_weight``, the path ``torch.compile`` takes for frozen
+bfloat16 linears on CPU); there the packed product is bit-identical to ``F.linear``'s and took
+0.43-0.64x its time at 8 rows on an AVX512-BF16 CPU; a whole bf16 greedy caption of
+coca_ViT-B-32 was about 15% faster at one thread, no faster at two (BENCHMARKS.md, "Reduced precision").
+
+Used by ``vlm.generation.decode``; a no-op on GPUs, for other weight types, or when the PyTorch
+build has no MKL (float32) or no native bfloat16 oneDNN kernels (bfloat16).
 
     >>> with packed_linears([model.text.transformer, model.decoder], rows=8):
     ...     logits = step(ids)
@@ -30,21 +36,36 @@ from torch import Tensor, nn
 _CACHE_ATTR = "_vlm_packed"
 
 
+def _bf16_kernels() -> bool:
+    """oneDNN's packed linear with native bfloat16 products (AVX512-BF16 / AMX) in this build."""
+    try:
+        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def available(weight: Tensor) -> bool:
-    """True where packing can pay: float32 CPU weights and an MKL-enabled PyTorch."""
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkl.is_available()
-            and hasattr(torch.ops.mkl, "_mkl_linear"))
+    """True where packing can pay: CPU weights in float32 with MKL, or in bfloat16 with oneDNN's kernels."""
+    if weight.device.type != "cpu":
+        return False
+    if weight.dtype == torch.float32:
+        return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+    return weight.dtype == torch.bfloat16 and _bf16_kernels()
 
 
 def _packed(linear: nn.Linear, rows: int) -> Tensor:
     """The weight packed for ``rows``-row products, cached on the module until the weight changes."""
     w = linear.weight
-    key = (rows, w.data_ptr(), w._version)
+    key = (rows, w.data_ptr(), w._version, w.dtype)
     cached = getattr(linear, _CACHE_ATTR, None)
     if cached is not None and cached[0] == key:
         return cached[1]
     with torch.no_grad():
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows)
+        if w.dtype == torch.bfloat16:
+            packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
+        else:
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows)
     setattr(linear, _CACHE_ATTR, (key, packed))
     return packed
 
@@ -52,8 +73,12 @@ def _packed(linear: nn.Linear, rows: int) -> Tensor:
 def _forward(self: nn.Linear, x: Tensor) -> Tensor:
     rows = x.numel() // x.shape[-1]
     packed = getattr(self, _CACHE_ATTR)
-    if rows != packed[0][0] or torch.is_grad_enabled():
+    if rows != packed[0][0] or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
         return F.linear(x, self.weight, self.bias)
+    if x.dtype == torch.bfloat16:
+        flat = x.reshape(rows, x.shape[-1]).contiguous()  # (rows, in)
+        out = torch.ops.mkldnn._linear_pointwise(flat, packed[1], self.bias, "none", [], "")  # (rows, out)
+        return out.view(*x.shape[:-1], out.shape[-1])
     return torch.ops.mkl._mkl_linear(x, packed[1], self.weight, self.bias, rows)
 
 
