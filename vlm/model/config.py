@@ -10,7 +10,8 @@ Named architectures live as JSON files in ``vlm/model/model_configs/``;
 becomes a config through the one typed loader, ``vlm.io.configio`` (strict keys,
 errors naming the file and the dotted key); ``ModelConfig.validate`` holds every
 rule of a model config once, ``check_image_size`` the one rule for input
-sizes, and ``check_vision_input`` the input rules it shares with the classifier config. ``PreprocessConfig`` is the one description of preprocessing: the model
+sizes, and ``check_vision_input`` the input rules it shares with the classifier
+config. ``PreprocessConfig`` is the one description of preprocessing: the model
 config's ``preprocess`` section (without a size: that is ``vision.image_size``)
 and, via ``PreprocessConfig.for_model``, the transform a pipeline runs.
 """
