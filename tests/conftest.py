@@ -34,6 +34,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_terminal(master: int, timeout: float) -> bytes:
+    """Everything a child writes to the pseudo-terminal ``master`` until every writer closed it (or
+    nothing came for ``timeout`` seconds)."""
+    import select
+
+    shown = b""
+    while select.select([master], [], [], timeout)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # every writer closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    return shown
+
+
 def shrink(cfg, vocab: int = 1000):
     """The same architecture (pooling, CLS layout, decoder) at tiny width and depth."""
     cfg = copy.deepcopy(cfg)

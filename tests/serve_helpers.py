@@ -39,3 +39,11 @@ def start_server(args: list[str], env_extra: dict | None = None):
 def stop(proc):
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(index_dir):
+    """`vlm serve` over the module's ``index_dir`` fixture, for the whole module; its URL."""
+    proc, url, _ = start_server([str(index_dir)])
+    yield url
+    stop(proc)

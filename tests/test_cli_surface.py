@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 import pty
-import select
 import shutil
 import struct
 import subprocess
@@ -21,7 +20,7 @@ from dataclasses import fields
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_vlm
+from conftest import REPO, read_terminal, run_vlm
 
 
 def _one_line(proc, *words, code=2):
@@ -286,18 +285,7 @@ def _run_on_a_terminal(args, timeout=120) -> str:
     proc = subprocess.Popen([sys.executable, "-m", "vlm.cli.main", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=slave, cwd=REPO, env=env)
     os.close(slave)
-    shown = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], timeout)
-        if not ready:
-            break
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        shown += chunk
+    shown = read_terminal(master, timeout)
     proc.wait(timeout=timeout)
     os.close(master)
     assert proc.returncode in (0, 1), shown

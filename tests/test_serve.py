@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from serve_helpers import start_server, stop
+from serve_helpers import server  # noqa: F401  (the module's `vlm serve` fixture, over its index_dir)
 
 pytest.importorskip("faiss")
 pytest.importorskip("flask")
@@ -35,13 +35,6 @@ def index_dir(tmp_path_factory) -> Path:
     (shapes / "secret.txt").write_text("not for the web")
     vlm.index.build([shapes], root / "idx", workers=0)
     return root / "idx"
-
-
-@pytest.fixture(scope="module")
-def server(index_dir):
-    proc, url, _ = start_server([str(index_dir)])
-    yield url
-    stop(proc)
 
 
 def get(url: str, data: bytes | None = None, headers: dict | None = None):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_helpers import start_server, stop
+from serve_helpers import server  # noqa: F401  (the module's `vlm serve` fixture, over its index_dir)
 from test_serve_api import call
 
 pytest.importorskip("faiss")
@@ -54,13 +54,6 @@ def index_dir(tmp_path_factory) -> Path:
     (root / "copies" / "copy.png").write_bytes(sorted((shapes / "images").glob("*.png"))[3].read_bytes())
     vlm.index.build([str(shapes), str(root / "copies")], root / "idx", workers=0)
     return root / "idx"
-
-
-@pytest.fixture(scope="module")
-def server(index_dir):
-    proc, url, _ = start_server([str(index_dir)])
-    yield url
-    stop(proc)
 
 
 def client_query(clip_client, server, index_dir, **query):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ForkServer, run_python
+from conftest import ForkServer, read_terminal, run_python
 from vlm.data.shapes_dir import generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +226,6 @@ def test_plain_accelerate_launch_shows_training_progress_on_a_terminal(shapes, t
     training bar still shows (issue 18: it showed nothing), and with stderr in a file it does not."""
     import fcntl
     import pty
-    import select
     import struct
     import termios
 
@@ -239,14 +238,7 @@ def test_plain_accelerate_launch_shows_training_progress_on_a_terminal(shapes, t
     os.close(slave)
     shown = b""
     try:
-        while select.select([master], [], [], 240)[0]:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # every writer closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
+        shown = read_terminal(master, 240)
     finally:
         assert proc.wait(timeout=240) == 0, shown.decode(errors="replace")[-3000:]
         os.close(master)
