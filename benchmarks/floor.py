@@ -20,14 +20,19 @@ import time
 
 def step_tensors(model, image_kv: list) -> list:
     """What one later decoding step reads, at the model's precision: every weight of the text
-    tower, decoder and LM head (int8 linears as their int8 values) and the image keys/values."""
+    tower, decoder and LM head (int8 linears as their int8 values; a ``RescoredHead`` as its
+    reduced copy, the few float32 rows it gathers left out) and the image keys/values."""
     import torch
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    from vlm.runtime.rescored_head import RescoredHead
 
     out = []
     for stack in (model.text.transformer, model.decoder):
         for name, m in stack.named_modules():
             if "kv_proj" in name:  # image keys/values: first step only
+                continue
+            if isinstance(m, RescoredHead):  # its reduced copy (m.approx) is read whole, not these
                 continue
             if isinstance(m, QLinear):
                 w, b = m._packed_params._weight_bias()

@@ -14,8 +14,9 @@ imported without torch); ``vlm caption``'s flags are derived from its fields.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -23,6 +24,7 @@ from torch import Tensor
 from vlm.generation.guards import CANDIDATES, DegenerationGuard, block_repeated_ngrams
 from vlm.generation.config import GenerationConfig, SpecialTokens
 from vlm.model.packed_linear import packed_linears
+from vlm.runtime.threads import step_threads
 
 __all__ = ["GenerationConfig", "SpecialTokens", "caption_texts", "generate"]
 
@@ -35,10 +37,15 @@ class _Stepper:
         self.image_tokens = image_tokens
         self.text_cache = model.text.new_cache()
         self.dec_cache = model.decoder.new_cache()
+        self.first = True
 
     def __call__(self, ids: Tensor) -> Tensor:
         h = self.model.text.embed_incremental(ids, self.text_cache)  # (B, T, W)
         logits = self.model.decoder(h, self.image_tokens, cache=self.dec_cache)  # (B, T, V)
+        if self.first:  # the first step projected the image keys/values: a dense product, all threads
+            self.first = False
+            if self.image_tokens.device.type == "cpu":  # later steps: few rows (inside _restored_threads)
+                torch.set_num_threads(step_threads(ids.shape[0], torch.get_num_threads()))
         return logits[:, -1].float()
 
     def reorder(self, index: Tensor) -> None:
@@ -123,7 +130,7 @@ def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = No
     max_tokens = min(cfg.max_tokens, limit)
     image_tokens = model.visual(images).tokens  # (B, N, D), encoded once
     rows = images.shape[0] * cfg.beams  # every step multiplies this many rows by each weight matrix
-    with packed_linears([model.text.transformer, model.decoder], rows):
+    with packed_linears([model.text.transformer, model.decoder], rows), _restored_threads():
         if cfg.beams > 1:
             out = _beam_search(model, image_tokens, sot_id, eot_id, pad_id, cfg, max_tokens, guard)
         else:
@@ -133,6 +140,17 @@ def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = No
     if guard is not None:  # stopped mid-phrase (by the length limit or a guard): the dangling tail goes
         out = [guard.complete(row) for row in out]
     return out
+
+
+@contextlib.contextmanager
+def _restored_threads() -> Iterator[None]:
+    """torch's CPU thread count as it was on entry, whatever the steps set (``_Stepper``)."""
+    current = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != current:
+            torch.set_num_threads(current)
 
 
 def caption_ids(model, images: Tensor, tokenizer, cfg: Optional[GenerationConfig] = None,

@@ -35,13 +35,41 @@ def make_act(name: str) -> nn.Module:
 
 @dataclass
 class LayerCache:
-    """Keys and values one attention layer has seen, each (B, heads, T, head_dim)."""
+    """Keys and values one attention layer has seen, each (B, heads, T, head_dim).
+
+    Self-attention appends (``append``) into buffers with room to spare, so a decoding step
+    writes one position instead of copying every cached one; ``k`` and ``v`` are views of them."""
 
     k: Optional[Tensor] = None
     v: Optional[Tensor] = None
+    _kbuf: Optional[Tensor] = field(default=None, repr=False)
+    _vbuf: Optional[Tensor] = field(default=None, repr=False)
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """All keys and values so far, the new (B, heads, T_new, head_dim) ones last."""
+        t0 = 0 if self.k is None else self.k.shape[2]
+        t1 = t0 + k.shape[2]
+        buf = self._kbuf
+        if buf is None or buf.shape[2] < t1 or buf.shape[:2] != k.shape[:2] or buf.dtype != k.dtype:
+            B, nh, _, hs = k.shape
+            cap = max(t1, 2 * t0, 16)  # doubling: appending T positions one by one copies O(T)
+            self._kbuf, self._vbuf = (k.new_empty(B, nh, cap, hs), v.new_empty(B, nh, cap, hs))
+            if t0:
+                self._kbuf[:, :, :t0] = self.k
+                self._vbuf[:, :, :t0] = self.v
+        self._kbuf[:, :, t0:t1] = k
+        self._vbuf[:, :, t0:t1] = v
+        self.k, self.v = self._kbuf[:, :, :t1], self._vbuf[:, :, :t1]  # (B, nh, t1, hs) views
+        return self.k, self.v
 
     def reorder(self, index: Tensor) -> None:
-        if self.k is not None:
+        if self.k is None:
+            return
+        if self._kbuf is not None:
+            t = self.k.shape[2]
+            self._kbuf, self._vbuf = self._kbuf.index_select(0, index), self._vbuf.index_select(0, index)
+            self.k, self.v = self._kbuf[:, :, :t], self._vbuf[:, :, :t]
+        else:
             self.k = self.k.index_select(0, index)
             self.v = self.v.index_select(0, index)
 
@@ -111,17 +139,46 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).chunk(3, dim=-1)
             q, k, v = self._split(q), self._split(k), self._split(v)  # (B, nh, T, hs)
             if cache is not None:
-                if cache.k is not None:
-                    k = torch.cat([cache.k, k], dim=2)
-                    v = torch.cat([cache.v, v], dim=2)
-                    if T == 1:
-                        is_causal = False  # a single new query may see every cached key
-                    elif is_causal:
-                        mask, is_causal = _offset_causal_mask(T, k.shape[2], x), False
-                cache.k, cache.v = k, v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+                seen = cache.k is not None
+                k, v = cache.append(_cached(k), _cached(v))  # (B, nh, T_cached + T, hs)
+                if seen and T == 1:
+                    is_causal = False  # a single new query may see every cached key
+                elif seen and is_causal:
+                    mask, is_causal = _offset_causal_mask(T, k.shape[2], x), False
+        if T == 1 and self.cross and mask is None and _slow_bf16_sdpa(q):
+            y = _one_query_cross_attention(q, k, v)  # (B, nh, 1, hs)
+        elif T == 1 and k.dtype != q.dtype:  # a decoding step of a bfloat16 model on CPU (_cached)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask,
+                                               is_causal=is_causal).to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                               is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.out_proj(y)
+
+
+def _slow_bf16_sdpa(q: Tensor) -> bool:
+    """PyTorch's CPU attention kernel took 5-8x longer for one bfloat16 query than for one float32
+    query over 30-256 keys (1.3-1.9 ms against 0.18-0.26 ms at 256 keys, 8 rows x 8 heads; BENCHMARKS.md,
+    "Reduced precision"): a bfloat16 decoding step on CPU goes around it."""
+    return q.dtype == torch.bfloat16 and q.device.type == "cpu"
+
+
+def _cached(t: Tensor) -> Tensor:
+    """Self-attention keys or values as a ``LayerCache`` keeps them: bfloat16 ones on CPU in float32,
+    so a decoding step attends in float32 (``_slow_bf16_sdpa``) without converting the whole
+    cache at every step. The cache holds at most a caption's length of positions."""
+    return t.float() if _slow_bf16_sdpa(t) else t
+
+
+def _one_query_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """(B, nh, 1, hs) queries over (B, nh, N, hs) bfloat16 image keys/values, by two products and a
+    float32 softmax. The image keys/values stay bfloat16, the largest thing a step reads after the
+    weights (4.2 MB per layer at 8 rows x 256 image tokens; 8.4 MB in float32). On the default model this
+    gave the same teacher-forced agreement with float32 as float32 attention did (0.998 over 3287
+    held-out tokens; docs/precision.md)."""
+    w = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)  # (B, nh, 1, N)
+    return w.softmax(-1).to(q.dtype) @ v  # (B, nh, 1, hs)
 
 
 def _offset_causal_mask(t_new: int, t_total: int, like: Tensor) -> Tensor:

@@ -8,14 +8,18 @@ greedy stays near 5x"). Fewer bytes per weight is the way to fewer seconds per t
     bf16  weights, activations and the key/value cache in bfloat16 (half the bytes). Native on
           CPUs with AVX512-BF16 or AMX and on CUDA GPUs with bfloat16; elsewhere it runs, slowly,
           and ``to_precision`` warns once in one line
-    int8  PyTorch's dynamic int8 quantisation of every ``nn.Linear`` but the caption decoder's
-          LM head (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised
+    int8  PyTorch's dynamic int8 quantisation of every ``nn.Linear``
+          (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised
           per batch, float32 everywhere else); CPU only. PyTorch's rather than onnxruntime's, as
           the decoding loop, the guards and the API run on PyTorch modules (docs/precision.md
           gives what was measured of each)
 
     >>> model = to_precision(model, "bf16", torch.device("cpu"))   # in place; returns the model
     >>> x = images.to(input_dtype(model))
+
+In both, the caption decoder's LM head becomes a ``RescoredHead``: every logit from the reduced-
+precision copy, each row's best 64 recomputed from the float32 weights, so the token a step picks
+is float32's (``vlm.runtime.rescored_head``).
 
 A precision the machine cannot run (int8 on a GPU, bf16 on a GPU without it) raises
 ``InvalidOption`` naming ``precision``. How close each precision stays to float32 on your own
@@ -91,25 +95,43 @@ def check_precision(precision: str, device: torch.device) -> None:
 def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
     """``model`` (float32, eval mode, on ``device``) at ``precision``, converted in place.
 
-    Checked first (``check_precision``). int8 replaces each ``nn.Linear`` (the LM head excepted)
-    by a dynamically quantised one; the model then takes float32 inputs. bf16 casts every floating
-    tensor but the decoder's final norm and LM head (``_output_layer_in_float32``)."""
+    Checked first (``check_precision``). int8 replaces each ``nn.Linear`` by a dynamically quantised
+    one; the model then takes float32 inputs. bf16 casts every floating tensor but the decoder's
+    final norm (``_output_layer_in_float32``). Either way the decoder's LM head becomes a
+    ``RescoredHead`` built from its float32 weights."""
     check_precision(precision, device)
+    if precision == "fp32":
+        return model
+    head = _rescored_head(model, precision)  # from the float32 weights, before any cast
     if precision == "bf16":
         model.to(torch.bfloat16)
         _output_layer_in_float32(model)
-        return model
-    if precision == "int8":
+    else:
         engines = torch.backends.quantized.supported_engines
         if torch.backends.quantized.engine == "none" or torch.backends.quantized.engine not in engines:
             torch.backends.quantized.engine = next(e for e in ("x86", "fbgemm", "onednn", "qnnpack") if e in engines)
         with warnings.catch_warnings():  # torch 2.9+ announces the eager API's move to torchao on every call
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)
-            linears = {name for name, m in model.named_modules()
-                       if isinstance(m, nn.Linear) and name != "decoder.lm_head"}  # the output layer: float32
-            return torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8, inplace=True)
+            linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+            torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8, inplace=True)
+    if head is not None:
+        model.decoder.lm_head = head
     return model
+
+
+def _rescored_head(model: nn.Module, precision: str) -> "nn.Module | None":
+    """The decoder's LM head as a ``RescoredHead`` (None for models without a caption decoder); the
+    decoder holds an ``nn.Identity`` in its place until the rest of the model is converted."""
+    from vlm.runtime.rescored_head import RescoredHead
+
+    decoder = getattr(model, "decoder", None)
+    head = getattr(decoder, "lm_head", None)
+    if not isinstance(head, nn.Linear):
+        return None
+    rescored = RescoredHead(head, precision)
+    decoder.lm_head = nn.Identity()  # out of reach of the cast and of quantize_dynamic
+    return rescored
 
 
 def _to_float32(module: nn.Module, args: tuple) -> tuple:
@@ -117,18 +139,17 @@ def _to_float32(module: nn.Module, args: tuple) -> tuple:
 
 
 def _output_layer_in_float32(model: nn.Module) -> None:
-    """The caption decoder's final norm and LM head back in float32, on float32 inputs.
+    """The caption decoder's final norm back in float32, on float32 inputs (the LM head after it
+    is a ``RescoredHead``).
 
     bfloat16 keeps 8 bits of mantissa: logits near 10 round to steps of 1/16, so two candidates
     a trained model ranks 0.01 apart come out exactly equal and the argmax takes the lower id.
-    On the default model these ties were nearly every bf16 disagreement (docs/precision.md). The
-    head is one matrix of the decoder's many, read once per step."""
+    On the default model these ties were nearly every bf16 disagreement (docs/precision.md)."""
     decoder = getattr(model, "decoder", None)
     if decoder is None:
         return
-    for module in (decoder.norm_final, decoder.lm_head):
-        module.float()
-        module.register_forward_pre_hook(_to_float32)
+    decoder.norm_final.float()
+    decoder.norm_final.register_forward_pre_hook(_to_float32)
 
 
 def input_dtype(model: nn.Module) -> torch.dtype:

@@ -66,3 +66,21 @@ def configure(environ: MutableMapping[str, str] = os.environ, cpus: Optional[int
     applied = {k: v for k, v in chosen.items() if not environ.get(k)}
     environ.update(applied)
     return applied
+
+
+STEP_ROWS_ONE_THREAD = 16  # decoding steps of at most this many rows run on one thread (see below)
+
+
+def step_threads(rows: int, current: int, environ: MutableMapping[str, str] = os.environ) -> int:
+    """Threads for incremental decoding steps of ``rows`` rows (batch x beams), given ``current``.
+
+    A step multiplies those few rows by every weight matrix: a few hundred short products, each an
+    OpenMP region. With passive waiting (set above), every region wakes the sleeping threads, which
+    cost more than they saved: greedy 8 x 30 tokens of coca_ViT-B-32 on 2 cores took 1.24-1.36 s
+    in int8 with one-thread steps against 1.61-2.00 s with two (bf16 and fp32: the same either way;
+    16 rows: int8 2.5-2.9 s against 3.9-4.1 s), while at 32 rows two threads were faster (int8 3.9-4.3
+    s against 4.8-4.9 s). BENCHMARKS.md, "Reduced precision". With spinning waits (the user's
+    ``OMP_WAIT_POLICY`` other than passive) the threads stay: they cost no wake-up."""
+    if rows <= STEP_ROWS_ONE_THREAD and environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return 1
+    return current
