@@ -127,3 +127,20 @@ def test_generate_restores_the_thread_count(monkeypatch):
     assert torch.get_num_threads() == before
     if before > 1:
         assert seen == [1, before]  # one thread after the first step, then back
+
+
+def test_overlapping_generations_restore_the_first_thread_count():
+    from vlm.generation.decode import _restored_threads
+
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)  # a count the steps' 1 differs from, on any machine
+    before = torch.get_num_threads()
+    a, b = _restored_threads(), _restored_threads()
+    a.__enter__()
+    torch.set_num_threads(1)  # what the first call's steps set
+    b.__enter__()  # a second call starts meanwhile (another thread of the same process)
+    a.__exit__(None, None, None)  # the first ends: the second still runs its one-thread steps
+    assert torch.get_num_threads() == 1
+    b.__exit__(None, None, None)  # the last one ends: back to the count before the first
+    assert torch.get_num_threads() == before
+    torch.set_num_threads(outer)

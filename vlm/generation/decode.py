@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Iterator, Optional
 
 import torch
@@ -142,15 +143,27 @@ def generate(model, images: Tensor, tokens, cfg: Optional[GenerationConfig] = No
     return out
 
 
+_threads_lock = threading.Lock()
+_threads_saved: list = []  # [count at the first entry, calls inside]: nested or concurrent calls restore once
+
+
 @contextlib.contextmanager
 def _restored_threads() -> Iterator[None]:
-    """torch's CPU thread count as it was on entry, whatever the steps set (``_Stepper``)."""
-    current = torch.get_num_threads()
+    """torch's CPU thread count as it was before the first of any overlapping ``generate`` calls,
+    whatever their steps set (``_Stepper``): restored when the last of them ends."""
+    with _threads_lock:
+        if not _threads_saved:
+            _threads_saved[:] = [torch.get_num_threads(), 0]
+        _threads_saved[1] += 1
     try:
         yield
     finally:
-        if torch.get_num_threads() != current:
-            torch.set_num_threads(current)
+        with _threads_lock:
+            _threads_saved[1] -= 1
+            if _threads_saved[1] == 0:
+                if torch.get_num_threads() != _threads_saved[0]:
+                    torch.set_num_threads(_threads_saved[0])
+                _threads_saved.clear()
 
 
 def caption_ids(model, images: Tensor, tokenizer, cfg: Optional[GenerationConfig] = None,
