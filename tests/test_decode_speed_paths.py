@@ -22,12 +22,12 @@ def _peaked_head(vocab: int = 5000, dim: int = 64, seed: int = 0) -> tuple[nn.Li
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_rescored_head_gives_float32_best_logits(precision):
-    from vlm.runtime.rescored_head import RescoredHead
+    from vlm.runtime.precision import rescored_head
 
     head, x = _peaked_head()
     with torch.inference_mode():
         ref = head(x)  # (B, T, V) float32
-        out = RescoredHead(head, precision, k=16)(x)
+        out = rescored_head(head, precision, k=16)(x)
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert torch.equal(out.argmax(-1), ref.argmax(-1))
     top_ref = ref.topk(8, dim=-1)  # well inside the 16 recomputed (the 16th may differ: a boundary)

@@ -28,8 +28,10 @@ model and images: ``vlm check-precision`` (``vlm.runtime.agreement``).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from functools import lru_cache
+from typing import Optional
 
 import torch
 from torch import nn
@@ -107,29 +109,47 @@ def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.M
         model.to(torch.bfloat16)
         _output_layer_in_float32(model)
     else:
-        engines = torch.backends.quantized.supported_engines
-        if torch.backends.quantized.engine == "none" or torch.backends.quantized.engine not in engines:
-            torch.backends.quantized.engine = next(e for e in ("x86", "fbgemm", "onednn", "qnnpack") if e in engines)
-        with warnings.catch_warnings():  # torch 2.9+ announces the eager API's move to torchao on every call
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            linears = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-            torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8, inplace=True)
+        quantize_linears(model)
     if head is not None:
         model.decoder.lm_head = head
     return model
 
 
-def _rescored_head(model: nn.Module, precision: str) -> "nn.Module | None":
+def quantize_linears(module: nn.Module) -> nn.Module:
+    """Every ``nn.Linear`` under ``module`` dynamically quantised to int8, in place (PyTorch's
+    quantised engine chosen first where none usable is set); returns ``module``."""
+    engines = torch.backends.quantized.supported_engines
+    if torch.backends.quantized.engine == "none" or torch.backends.quantized.engine not in engines:
+        torch.backends.quantized.engine = next(e for e in ("x86", "fbgemm", "onednn", "qnnpack") if e in engines)
+    with warnings.catch_warnings():  # torch 2.9+ announces the eager API's move to torchao on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        linears = {name for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+        return torch.ao.quantization.quantize_dynamic(module, linears, dtype=torch.qint8, inplace=True)
+
+
+def rescored_head(head: nn.Linear, precision: str, k: Optional[int] = None) -> nn.Module:
+    """``head`` (float32) as a ``RescoredHead`` over a bf16 or dynamic-int8 copy of it."""
+    from vlm.runtime.rescored_head import TOP_K, RescoredHead
+
+    approx = copy.deepcopy(head)
+    if precision == "bf16":
+        approx, dtype = approx.to(torch.bfloat16), torch.bfloat16
+    elif precision == "int8":
+        approx, dtype = quantize_linears(nn.Sequential(approx))[0], torch.float32
+    else:
+        raise ValueError(f"no reduced-precision head for {precision!r}")
+    return RescoredHead(head, approx, dtype, TOP_K if k is None else k)
+
+
+def _rescored_head(model: nn.Module, precision: str) -> Optional[nn.Module]:
     """The decoder's LM head as a ``RescoredHead`` (None for models without a caption decoder); the
     decoder holds an ``nn.Identity`` in its place until the rest of the model is converted."""
-    from vlm.runtime.rescored_head import RescoredHead
-
     decoder = getattr(model, "decoder", None)
     head = getattr(decoder, "lm_head", None)
     if not isinstance(head, nn.Linear):
         return None
-    rescored = RescoredHead(head, precision)
+    rescored = rescored_head(head, precision)
     decoder.lm_head = nn.Identity()  # out of reach of the cast and of quantize_dynamic
     return rescored
 

@@ -15,13 +15,11 @@ to summation order: a float32 best outside those ``k`` would need the copy's err
 gap between the 1st and the ``k``-th logit. The rest are the copy's, close but not exact: they
 enter softmax normalisers and far-down beam candidates only.
 
-    >>> head = RescoredHead(decoder.lm_head, "bf16")   # in place of decoder.lm_head
+    >>> head = rescored_head(decoder.lm_head, "bf16")  # vlm.runtime.precision; in place of decoder.lm_head
     >>> logits = head(hidden)                          # (..., D) -> (..., V) float32
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 from torch import Tensor, nn
@@ -30,30 +28,18 @@ TOP_K = 64  # >= 2 * beams + the guards' 10 candidates for up to 27 beams; more 
 
 
 class RescoredHead(nn.Module):
-    """A bias-optional ``nn.Linear`` head as (approximate logits, float32 top ``k``)."""
+    """A bias-optional ``nn.Linear`` head as (approximate logits, float32 top ``k``).
 
-    def __init__(self, head: nn.Linear, precision: str, k: int = TOP_K):
+    ``approx``: the reduced copy of ``head`` (``vlm.runtime.precision.rescored_head`` builds it),
+    fed inputs of ``approx_dtype``."""
+
+    def __init__(self, head: nn.Linear, approx: nn.Module, approx_dtype: torch.dtype, k: int = TOP_K):
         super().__init__()
         self.weight = head.weight  # float32, (V, D): the same parameter, so state-dict keys stay
         self.bias = head.bias
+        self.approx = approx
+        self.approx_dtype = approx_dtype
         self.k = k
-        approx = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
-        with torch.no_grad():
-            approx.weight.copy_(head.weight)
-            if head.bias is not None:
-                approx.bias.copy_(head.bias)
-        if precision == "bf16":
-            self.approx = approx.to(head.weight.device, torch.bfloat16)
-            self.approx_dtype = torch.bfloat16
-        elif precision == "int8":
-            with warnings.catch_warnings():  # torch 2.9+ announces the eager API's move to torchao
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.simplefilter("ignore", UserWarning)
-                self.approx = torch.ao.quantization.quantize_dynamic(
-                    nn.Sequential(approx), {nn.Linear}, dtype=torch.qint8)[0]
-            self.approx_dtype = torch.float32
-        else:
-            raise ValueError(f"no reduced-precision head for {precision!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()  # (..., D)
