@@ -4,12 +4,10 @@ The image tower and the first step (which computes the image keys/values of ever
 cross-attention layer) are timed as vlm runs them: dense matrix products, compute-bound.
 Every later step must read each weight matrix of the text tower, the decoder and the LM head
 once, and the cached image keys/values, for a handful of rows: memory-bound. That step is
-bounded below by the time it takes merely to read those bytes (``Tensor.sum`` over each, no
-arithmetic to speak of), at the model's precision. ``floor = encode + (tokens - 1) x read``.
-
-For int8 the sum accumulates into int64 and is slower than the decoder itself: there
-``bytes_per_step`` / the fp32 read rate is the meaningful floor (BENCHMARKS.md). Used by
-``generate.py`` (float32) and ``precision.py`` (fp32, bf16, int8).
+bounded below by the time it takes merely to read those bytes (``_read``: the maximum of each
+tensor's bytes taken as int32, whatever its dtype), at the model's precision.
+``floor = encode + (tokens - 1) x read``. Used by ``generate.py`` (float32) and ``precision.py``
+(fp32, bf16, int8).
 """
 
 from __future__ import annotations
@@ -65,9 +63,23 @@ def memory_floor(model, images, tokens: int, reps: int, sot: int) -> dict:
         for _ in range(reps):
             t0 = time.perf_counter()
             for t in tensors:
-                t.sum()
+                _read(t)
             read.append(time.perf_counter() - t0)
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
     e, r = statistics.median(enc), statistics.median(read)
     return {"encode_s": e, "read_per_step_s": r, "bytes_per_step": nbytes, "read_gb_per_s": nbytes / r / 1e9,
             "floor_s": e + (tokens - 1) * r}
+
+
+def _read(t) -> None:
+    """Read every byte of ``t`` once, at the rate of a vectorised reduction whatever its dtype: int8's
+    own sum accumulates into int64 at about a hundredth of that rate (0.2 against 25 GB/s here), and
+    a float sum over arbitrary bytes could meet NaNs and subnormals."""
+    import torch
+
+    b = t.detach().reshape(-1).view(torch.uint8)  # (nbytes,)
+    whole = b.numel() // 4 * 4
+    if whole:
+        b[:whole].view(torch.int32).max()
+    if whole < b.numel():
+        b[whole:].max()

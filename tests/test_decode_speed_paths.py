@@ -102,6 +102,28 @@ def test_one_query_attention_in_bf16_is_close_to_float32():
         torch.testing.assert_close(y.float(), ref_full[:, -1:], rtol=0.05, atol=0.03)
 
 
+def test_one_query_attention_is_attention():
+    """The two-product path of a bf16 decoding step computes what PyTorch's attention computes."""
+    from vlm.model.layers import _one_query_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(4, 8, n, 16, generator=g) for n in (1, 29, 29))
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(_one_query_attention(q, k, v), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_the_head_copy_is_int8_on_a_cpu_with_an_engine(monkeypatch):
+    import vlm.runtime.precision as P
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # only the type is read: no GPU needed
+    assert P.head_copy_precision("int8", cpu) == "int8"
+    assert P.head_copy_precision("bf16", cuda) == "bf16"  # int8 dynamic quantisation is CPU-only
+    monkeypatch.setattr(P, "_int8_engine", lambda: "x86")
+    assert P.head_copy_precision("bf16", cpu) == "int8"
+    monkeypatch.setattr(P, "_int8_engine", lambda: None)  # a build without a quantised engine
+    assert P.head_copy_precision("bf16", cpu) == "bf16"
+
+
 def test_decoding_steps_take_one_thread_under_passive_waits_and_restore_it():
     from vlm.runtime.threads import STEP_ROWS_ONE_THREAD, step_threads
 

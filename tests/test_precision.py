@@ -51,6 +51,7 @@ def test_models_are_converted(pipelines):
     bf16 = pipelines["bf16"].model
     assert bf16.visual.transformer.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
     assert bf16.decoder.lm_head.weight.dtype == torch.float32  # the output layer stays float32
+    assert isinstance(bf16.decoder.lm_head.approx, QLinear)  # its candidate copy: int8 on a CPU
     int8 = pipelines["int8"].model
     assert isinstance(int8.decoder.layers[0].self_block.mlp.fc1, QLinear)
     assert isinstance(int8.visual.transformer.blocks[0].mlp.fc1, QLinear)

@@ -80,8 +80,7 @@ def check_precision(precision: str, device: torch.device) -> None:
         if device.type != "cpu":
             raise InvalidOption("precision", precision, f"dynamic int8 quantisation runs on the CPU only, not "
                                 f"{device.type}; use bf16 there")
-        engines = set(torch.backends.quantized.supported_engines) - {"none"}
-        if not engines:
+        if _int8_engine() is None:
             raise InvalidOption("precision", precision, "this PyTorch build has no quantised engine "
                                 "(fbgemm, x86, onednn or qnnpack)")
     if precision == "bf16":
@@ -104,7 +103,7 @@ def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.M
     check_precision(precision, device)
     if precision == "fp32":
         return model
-    head = _rescored_head(model, precision)  # from the float32 weights, before any cast
+    head = _rescored_head(model, head_copy_precision(precision, device))  # float32 weights, before any cast
     if precision == "bf16":
         model.to(torch.bfloat16)
         _output_layer_in_float32(model)
@@ -118,9 +117,9 @@ def to_precision(model: nn.Module, precision: str, device: torch.device) -> nn.M
 def quantize_linears(module: nn.Module) -> nn.Module:
     """Every ``nn.Linear`` under ``module`` dynamically quantised to int8, in place (PyTorch's
     quantised engine chosen first where none usable is set); returns ``module``."""
-    engines = torch.backends.quantized.supported_engines
-    if torch.backends.quantized.engine == "none" or torch.backends.quantized.engine not in engines:
-        torch.backends.quantized.engine = next(e for e in ("x86", "fbgemm", "onednn", "qnnpack") if e in engines)
+    engine = _int8_engine()  # None only where check_precision refuses int8
+    if engine is not None and torch.backends.quantized.engine != engine:
+        torch.backends.quantized.engine = engine
     with warnings.catch_warnings():  # torch 2.9+ announces the eager API's move to torchao on every call
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
@@ -140,6 +139,28 @@ def rescored_head(head: nn.Linear, precision: str, k: Optional[int] = None) -> n
     else:
         raise ValueError(f"no reduced-precision head for {precision!r}")
     return RescoredHead(head, approx, dtype, TOP_K if k is None else k)
+
+
+def head_copy_precision(precision: str, device: torch.device) -> str:
+    """The precision of the LM head's reduced copy in a ``precision`` model on ``device``: int8 on a
+    CPU with a quantised engine, the model's own elsewhere.
+
+    The copy only finds each row's best candidates; those are recomputed from the float32 weights,
+    so for a bf16 model an int8 copy changes no logit that decides a token, and it reads half the
+    bytes: the head is the largest matrix a decoding step reads (49,408 x 512 for coca_ViT-B-32),
+    and at 8 rows on one core its int8 copy took 1.7-2.1 ms against 4.3-4.8 ms for the bf16 one
+    (docs/precision.md)."""
+    if precision == "bf16" and device.type == "cpu" and _int8_engine() is not None:
+        return "int8"
+    return precision
+
+
+def _int8_engine() -> Optional[str]:
+    """A usable quantised engine of this PyTorch build (the one set, else the first of ours), or None."""
+    engines = torch.backends.quantized.supported_engines
+    if torch.backends.quantized.engine != "none" and torch.backends.quantized.engine in engines:
+        return torch.backends.quantized.engine
+    return next((e for e in ("x86", "fbgemm", "onednn", "qnnpack") if e in engines), None)
 
 
 def _rescored_head(model: nn.Module, precision: str) -> Optional[nn.Module]:
@@ -182,9 +203,13 @@ def input_dtype(model: nn.Module) -> torch.dtype:
 
 
 def precision_of(model: nn.Module) -> str:
-    """``"int8"`` when the model holds dynamically quantised linears, else fp32 or bf16 by its dtype."""
+    """``"int8"`` when the model holds dynamically quantised linears (an LM head's reduced copy aside:
+    a bf16 model's may be int8, ``head_copy_precision``), else fp32 or bf16 by its dtype."""
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
-    if any(isinstance(m, QLinear) for m in model.modules()):
+    from vlm.runtime.rescored_head import RescoredHead
+
+    copies = {id(m) for head in model.modules() if isinstance(head, RescoredHead) for m in head.approx.modules()}
+    if any(isinstance(m, QLinear) and id(m) not in copies for m in model.modules()):
         return "int8"
     return "bf16" if input_dtype(model) == torch.bfloat16 else "fp32"

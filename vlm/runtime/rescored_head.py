@@ -43,9 +43,9 @@ class RescoredHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()  # (..., D)
-        logits = self.approx(x.to(self.approx_dtype)).float()  # (..., V), approximate
+        logits = self.approx(x.to(self.approx_dtype)).float()  # (..., V), approximate; this call's own
         top = logits.topk(min(self.k, logits.shape[-1]), dim=-1).indices  # (..., k)
         exact = (self.weight[top] @ x.unsqueeze(-1)).squeeze(-1)  # (..., k, D) @ (..., D, 1) -> (..., k)
         if self.bias is not None:
             exact = exact + self.bias[top]
-        return logits.scatter(-1, top, exact)
+        return logits.scatter_(-1, top, exact)  # in place: a copy of every logit cost 0.3-0.6 ms a step
