@@ -102,14 +102,14 @@ def test_one_query_attention_in_bf16_is_close_to_float32():
         torch.testing.assert_close(y.float(), ref_full[:, -1:], rtol=0.05, atol=0.03)
 
 
-def test_one_query_attention_is_attention():
+def test_one_query_cross_attention_is_attention():
     """The two-product path of a bf16 decoding step computes what PyTorch's attention computes."""
-    from vlm.model.layers import _one_query_attention
+    from vlm.model.layers import _one_query_cross_attention
 
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(4, 8, n, 16, generator=g) for n in (1, 29, 29))
+    q, k, v = (torch.randn(4, 8, n, 16, generator=g) for n in (1, 255, 255))
     ref = F.scaled_dot_product_attention(q, k, v)
-    torch.testing.assert_close(_one_query_attention(q, k, v), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_one_query_cross_attention(q, k, v), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_the_head_copy_is_int8_on_a_cpu_with_an_engine(monkeypatch):

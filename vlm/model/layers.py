@@ -148,8 +148,11 @@ class Attention(nn.Module):
                     is_causal = False  # a single new query may see every cached key
                 elif seen and is_causal:
                     mask, is_causal = _offset_causal_mask(T, k.shape[2], x), False
-        if T == 1 and mask is None and _slow_bf16_sdpa(q):  # a decoding step of a bfloat16 model on CPU
-            y = _one_query_attention(q.to(k.dtype), k, v).to(q.dtype)  # (B, nh, 1, hs); self: float32 (_cached)
+        if T == 1 and self.cross and mask is None and _slow_bf16_sdpa(q):
+            y = _one_query_cross_attention(q, k, v)  # (B, nh, 1, hs)
+        elif T == 1 and k.dtype != q.dtype:  # a decoding step of a bfloat16 model on CPU (_cached)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask,
+                                               is_causal=is_causal).to(q.dtype)
         else:
             y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
                                                is_causal=is_causal)
@@ -171,15 +174,12 @@ def _cached(t: Tensor) -> Tensor:
     return t.float() if _slow_bf16_sdpa(t) else t
 
 
-def _one_query_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """(B, nh, 1, hs) queries over (B, nh, N, hs) keys/values of their dtype, by two products and a
-    float32 softmax: a decoding step of a bfloat16 model on CPU (``_slow_bf16_sdpa``).
-
-    Cross-attention: the image keys/values stay bfloat16, the largest thing a step reads after the
-    weights (4.2 MB per layer at 8 rows x 256 image tokens; 8.4 MB in float32). On the default model
-    this gave the same teacher-forced agreement with float32 as float32 attention did (0.998 over 3287
-    held-out tokens; docs/precision.md). Self-attention: float32 over at most a caption's positions,
-    where PyTorch's fused kernel spent 60-115 us a layer on its set-up."""
+def _one_query_cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """(B, nh, 1, hs) queries over (B, nh, N, hs) bfloat16 image keys/values, by two products and a
+    float32 softmax. The image keys/values stay bfloat16, the largest thing a step reads after the
+    weights (4.2 MB per layer at 8 rows x 256 image tokens; 8.4 MB in float32). On the default model this
+    gave the same teacher-forced agreement with float32 as float32 attention did (0.998 over 3287
+    held-out tokens; docs/precision.md)."""
     w = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)  # (B, nh, 1, N)
     return w.softmax(-1).to(q.dtype) @ v  # (B, nh, 1, hs)
 

@@ -17,9 +17,10 @@ greedy stays near 5x"). Fewer bytes per weight is the way to fewer seconds per t
     >>> model = to_precision(model, "bf16", torch.device("cpu"))   # in place; returns the model
     >>> x = images.to(input_dtype(model))
 
-In both, the caption decoder's LM head becomes a ``RescoredHead``: every logit from the reduced-
-precision copy, each row's best 64 recomputed from the float32 weights, so the token a step picks
-is float32's (``vlm.runtime.rescored_head``).
+In both, the caption decoder's LM head becomes a ``RescoredHead``: every logit from a reduced copy
+(int8 on a CPU, ``head_copy_precision``), each row's best 64 recomputed from the float32 weights, so
+the token a step picks is float32's unless float32's best lies outside the copy's 64
+(``vlm.runtime.rescored_head``).
 
 A precision the machine cannot run (int8 on a GPU, bf16 on a GPU without it) raises
 ``InvalidOption`` naming ``precision``. How close each precision stays to float32 on your own
@@ -145,11 +146,10 @@ def head_copy_precision(precision: str, device: torch.device) -> str:
     """The precision of the LM head's reduced copy in a ``precision`` model on ``device``: int8 on a
     CPU with a quantised engine, the model's own elsewhere.
 
-    The copy only finds each row's best candidates; those are recomputed from the float32 weights,
-    so for a bf16 model an int8 copy changes no logit that decides a token, and it reads half the
-    bytes: the head is the largest matrix a decoding step reads (49,408 x 512 for coca_ViT-B-32),
-    and at 8 rows on one core its int8 copy took 1.7-2.1 ms against 4.3-4.8 ms for the bf16 one
-    (docs/precision.md)."""
+    The copy only ranks each row's candidates; the best 64 are recomputed from the float32 weights
+    at either precision. An int8 copy reads half the bytes of a bf16 one, and the head is the largest
+    matrix a decoding step reads (49,408 x 512 for coca_ViT-B-32): at 8 rows on one core its int8
+    copy took 1.7-2.1 ms against 4.3-4.8 ms for the bf16 one (docs/precision.md)."""
     if precision == "bf16" and device.type == "cpu" and _int8_engine() is not None:
         return "int8"
     return precision
