@@ -132,6 +132,28 @@ def _end_progress_bars() -> None:
 
 
 def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
+    code = _main(argv, prog)
+    if code in (0, 1, 2):  # an end this process reached itself: none of its collectives is pending
+        _tear_down()
+    return code
+
+
+def _tear_down() -> None:
+    """Destroy the process group and collect the run's objects while the interpreter is whole.
+
+    Otherwise a DDP model, its reference cycles and the gloo process group it holds could be
+    destroyed only during interpreter shutdown, and gloo's worker threads then abort the process:
+    "terminate called without an active exception", exit status 134 after a finished run (seen in
+    about 1 run in 8 of two CPU processes on a loaded 2-core machine)."""
+    import gc
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
+
+
+def _main(argv: Optional[list[str]], prog: Optional[str]) -> int:
     from vlm.training.parent_watch import LAUNCHER_PID_VAR, parent_gone, stop_message, watch_parent
 
     prog = prog or ("vlm train" if os.environ.get(LAUNCHER_PID_VAR) else PROG)
