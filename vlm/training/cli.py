@@ -143,8 +143,8 @@ def _tear_down() -> None:
 
     Otherwise a DDP model, its reference cycles and the gloo process group it holds could be
     destroyed only during interpreter shutdown, and gloo's worker threads then abort the process:
-    "terminate called without an active exception", exit status 134 after a finished run (seen in
-    about 1 run in 8 of two CPU processes on a loaded 2-core machine)."""
+    "terminate called without an active exception", exit status 134 after a finished run (seen
+    once, in a full test-suite run of two CPU processes on a 2-core machine)."""
     import gc
 
     dist = sys.modules.get("torch.distributed")
