@@ -48,4 +48,4 @@ class RescoredHead(nn.Module):
         exact = (self.weight[top] @ x.unsqueeze(-1)).squeeze(-1)  # (..., k, D) @ (..., D, 1) -> (..., k)
         if self.bias is not None:
             exact = exact + self.bias[top]
-        return logits.scatter_(-1, top, exact)  # in place: a copy of every logit cost 0.3-0.6 ms a step
+        return logits.scatter_(-1, top, exact)  # in place: a copy of every logit took about 0.6 ms a step in a profile
