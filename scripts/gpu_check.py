@@ -351,7 +351,9 @@ def _train_run(ctx, name: str, extra: list[str]) -> dict:
     if ctx["device"].type == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"
     procs = args.fsdp_processes
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
+    # Accelerate refuses --multi_gpu with one process; one GPU's FSDP run is launched with --use_fsdp instead
+    mode = ["--multi_gpu"] if procs > 1 else (["--use_fsdp"] if "fsdp=true" in extra else [])
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(procs),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(port), str(driver), "--config", str(ROOT / "configs" / "micro.yaml"),
            f"data.root={ctx['shapes']}", f"output_dir={work / name}", f"steps={args.fsdp_steps}",
