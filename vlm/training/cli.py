@@ -135,7 +135,16 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
     code = _main(argv, prog)
     if code in (0, 1, 2):  # an end this process reached itself: none of its collectives is pending
         _tear_down()
+    elif code == 130 and _distributed():  # interrupted, maybe inside a collective: destroying the
+        sys.stdout.flush()  # process group could wait on it, and leaving it to interpreter shutdown
+        sys.stderr.flush()  # can abort in gloo's threads (as _tear_down says): leave without shutdown
+        os._exit(code)
     return code
+
+
+def _distributed() -> bool:
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def _tear_down() -> None:
@@ -147,9 +156,8 @@ def _tear_down() -> None:
     once, in a full test-suite run of two CPU processes on a 2-core machine)."""
     import gc
 
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if _distributed():
+        sys.modules["torch.distributed"].destroy_process_group()
     gc.collect()
 
 
