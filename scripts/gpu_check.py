@@ -52,6 +52,7 @@ import io
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -155,6 +156,7 @@ def build_models(torch, tiny: bool):
             oc_cfg = shrink_open_clip_cfg(oc_cfg)
         kwargs = {k: v for k, v in oc_cfg.items() if k != "custom_text"}
         oc = randomize_(open_clip.CoCa(**kwargs), seed=0, logit_gain=4.0)
+        oc.init_kwargs = kwargs  # to build it again in another interpreter (--openclip-python)
         cfg = config_from_open_clip(oc_cfg)
         return from_open_clip_model(oc, cfg), oc, None, cfg
     except Exception as e:  # open_clip missing or incompatible: vlm alone, at the same architecture
@@ -180,45 +182,56 @@ def batch(torch, cfg, n: int, device, seed: int = 1):
 # -------------------------------------------------------------------------------- sections
 
 
-def section_train(ctx) -> dict:
+def _vlm_side(ctx, images, text, compiled: bool = False):
+    """(model, step) of vlm: forward under bf16 autocast, CoCa loss, backward; compiled with
+    ``torch.compile`` (what ``accelerate launch --dynamo_backend inductor`` does) when asked."""
     import copy
 
-    torch, device, args = ctx["torch"], ctx["device"], ctx["args"]
+    torch = ctx["torch"]
     from vlm.training.losses import CoCaLoss
 
-    images, text = batch(torch, ctx["cfg"], args.train_batch, device)
-    amp = dict(device_type=device.type, dtype=torch.bfloat16)
-    sides = {}
-    vlm_model = copy.deepcopy(ctx["vlm"]).to(device).train()
-    vlm_loss = CoCaLoss(contrastive_weight=1.0, caption_weight=2.0, pad_id=PAD)
+    model = copy.deepcopy(ctx["vlm"]).to(ctx["device"]).train()
+    loss_fn = CoCaLoss(contrastive_weight=1.0, caption_weight=2.0, pad_id=PAD)
+    forward = torch.compile(model) if compiled else model
+    amp = dict(device_type=ctx["device"].type, dtype=torch.bfloat16)
 
-    def vlm_step():
+    def step():
         with torch.autocast(**amp):
-            parts = vlm_loss(vlm_model(images, text))
+            parts = loss_fn(forward(images, text))
         parts["total"].backward()
         return parts["total"]
 
-    sides["vlm"] = (vlm_model, vlm_step)
-    out = {"batch": args.train_batch, "dtype": "bf16 autocast", "steps_timed": args.steps}
-    if ctx["open_clip"] is not None:
-        from open_clip.loss import CoCaLoss as OpenClipCoCaLoss
+    return model, step
 
-        oc_model = copy.deepcopy(ctx["open_clip"]).to(device).train()
-        oc_loss = OpenClipCoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=PAD)
 
-        def oc_step():
-            with torch.autocast(**amp):
-                total = sum(oc_loss(**oc_model(images, text), output_dict=True).values())
-            total.backward()
-            return total
+def _openclip_side(ctx, images, text):
+    import copy
 
-        sides["open_clip"] = (oc_model, oc_step)
-    else:
-        out["open_clip"] = f"not measured: {ctx['open_clip_missing']}"
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, (m, _) in sides.items()}
+    torch = ctx["torch"]
+    from open_clip.loss import CoCaLoss as OpenClipCoCaLoss
+
+    model = copy.deepcopy(ctx["open_clip"]).to(ctx["device"]).train()
+    loss_fn = OpenClipCoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=PAD)
+    amp = dict(device_type=ctx["device"].type, dtype=torch.bfloat16)
+
+    def step():
+        with torch.autocast(**amp):
+            total = sum(loss_fn(**model(images, text), output_dict=True).values())
+        total.backward()
+        return total
+
+    return model, step
+
+
+def _time_training(ctx, sides: dict, out: dict, warmup: int = 2) -> None:
+    """Interleaved training steps (AdamW included) of every side: samples/s, MFU, memory, first loss."""
+    torch, device, args = ctx["torch"], ctx["device"], ctx["args"]
+    # each side's own trainer's AdamW: vlm train fuses it on a GPU (vlm.training.optim), open_clip's
+    # training script keeps PyTorch's default (multi-tensor)
+    fused = {k: device.type == "cuda" and k.startswith("vlm") for k in sides}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5, fused=fused[k] or None) for k, (m, _) in sides.items()}
     times = {k: [] for k in sides}
-    first = {}
-    for rep in range(args.steps + 2):  # two warm-up steps, then interleaved timed ones
+    for rep in range(args.steps + warmup):  # warm-up steps (compilation, allocator), then timed ones
         for name, (model, step) in sides.items():
             reset_memory(torch, device)
             before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
@@ -229,23 +242,84 @@ def section_train(ctx) -> dict:
             sync(torch, device)
             dt = time.perf_counter() - t0
             if rep == 0:
-                first[name] = float(loss.detach())
-            elif rep >= 2:
+                out.setdefault(name, {}).update(first_loss=float(loss.detach()), first_step_s=dt)
+            elif rep >= warmup:
                 times[name].append(dt)
-            if rep == args.steps + 1:  # the last timed step: its peak (both models are resident)
-                out[name] = peak_memory(torch, device)
+            if rep == args.steps + warmup - 1:  # the last timed step: its peak (every side is resident)
+                out[name].update(peak_memory(torch, device))
                 if before is not None:  # what the step itself adds: activations, gradients
                     out[name]["step_memory_bytes"] = out[name]["peak_memory_bytes"] - before
-    flops = train_flops_per_sample(ctx["cfg"], text.shape[1], args.train_batch)
-    out["flops_per_sample"] = flops
-    out["peak_flops"] = ctx["peak"]
+    flops = out["flops_per_sample"]
     for name in sides:
         s = args.train_batch / statistics.median(times[name])
-        out[name].update(samples_per_s=s, step_s=times[name], first_loss=first[name],
+        out[name].update(samples_per_s=s, step_s=times[name],
                          mfu=flops * s / ctx["peak"] if ctx["peak"] else None)
+    for name in sides:
+        out[name]["optimizer"] = "AdamW, fused" if fused[name] else "AdamW, PyTorch's default"
+    if args.profile:
+        for name, (_, step) in sides.items():
+            out[name]["profile"] = _profile(ctx, step, opts[name])
+
+
+def _profile(ctx, step, opt) -> dict:
+    """One profiled training step: the device's busy time (its kernels) against the step's wall time
+    (a device idle between kernels is waiting for the host), and the ten ops that take it longest."""
+    torch, device = ctx["torch"], ctx["device"]
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(torch, device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        step()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(torch, device)
+    wall = time.perf_counter() - t0
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    if device.type == "cuda":  # an op's device time is its kernels' time: count the kernels alone
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        ops = [e for e in events if e.device_type == DeviceType.CPU]
+        attr = "self_device_time_total"
+    else:
+        kernels = ops = list(events)
+        attr = "self_cpu_time_total"
+    ops = sorted(ops, key=lambda e: getattr(e, attr), reverse=True)
+    return {"wall_s": wall, "device_busy_s": sum(getattr(e, attr) for e in kernels) / 1e6,
+            "kernels": sum(e.count for e in kernels),
+            "top": [{"op": e.key[:80], "s": getattr(e, attr) / 1e6, "calls": e.count} for e in ops[:10]]}
+
+
+def section_train(ctx) -> dict:
+    torch, device, args = ctx["torch"], ctx["device"], ctx["args"]
+    images, text = batch(torch, ctx["cfg"], args.train_batch, device)
+    out = {"batch": args.train_batch, "dtype": "bf16 autocast", "steps_timed": args.steps,
+           "flops_per_sample": train_flops_per_sample(ctx["cfg"], text.shape[1], args.train_batch),
+           "peak_flops": ctx["peak"]}
+    sides = {"vlm": _vlm_side(ctx, images, text)}
+    if ctx["open_clip"] is not None:
+        sides["open_clip"] = _openclip_side(ctx, images, text)
+    else:
+        out["open_clip"] = f"not measured: {ctx['open_clip_missing']}"
+    _time_training(ctx, sides, out)
     if "open_clip" in sides:
         out["speedup"] = out["vlm"]["samples_per_s"] / out["open_clip"]["samples_per_s"]
-        out["first_loss_abs_diff"] = abs(first["vlm"] - first["open_clip"])
+        out["first_loss_abs_diff"] = abs(out["vlm"]["first_loss"] - out["open_clip"]["first_loss"])
+    return out
+
+
+def section_compiled(ctx) -> dict:
+    """vlm's training step under ``torch.compile`` (default mode), beside the eager one."""
+    torch, args = ctx["torch"], ctx["args"]
+    images, text = batch(torch, ctx["cfg"], args.train_batch, ctx["device"])
+    out = {"batch": args.train_batch, "dtype": "bf16 autocast", "steps_timed": args.steps,
+           "flops_per_sample": train_flops_per_sample(ctx["cfg"], text.shape[1], args.train_batch),
+           "peak_flops": ctx["peak"]}
+    sides = {"vlm_compiled": _vlm_side(ctx, images, text, compiled=True), "vlm": _vlm_side(ctx, images, text)}
+    _time_training(ctx, sides, out, warmup=3)
+    out["speedup_compiled_vs_eager"] = out["vlm_compiled"]["samples_per_s"] / out["vlm"]["samples_per_s"]
     return out
 
 
@@ -271,6 +345,8 @@ def section_caption(ctx) -> dict:
             runs["open_clip"] = lambda: oc.generate(images, **kw)
         except Exception as e:  # e.g. transformers >= 4.56 (open_clip 3.3's generate needs < 4.56)
             out["open_clip"] = f"not measured: {first_line(e)}"
+            if args.openclip_python:  # its own interpreter, where transformers < 4.56 is installed
+                out["open_clip"] = openclip_generate(ctx, oc, images, kw)
     else:
         out["open_clip"] = f"not measured: {ctx['open_clip_missing']}"
     times = {k: [] for k in runs}
@@ -288,9 +364,67 @@ def section_caption(ctx) -> dict:
                     out[name] = peak_memory(torch, device)
     for name in runs:
         out[name].update(tokens_per_s=n * tokens / statistics.median(times[name]), seconds=times[name])
-    if "open_clip" in runs:
+    if isinstance(out.get("open_clip"), dict) and "seconds" in out["open_clip"]:
+        out["open_clip"]["tokens_per_s"] = n * tokens / statistics.median(out["open_clip"]["seconds"])
         out["speedup"] = out["vlm"]["tokens_per_s"] / out["open_clip"]["tokens_per_s"]
     return out
+
+
+OPENCLIP_GENERATE = """
+import json, sys, time
+import open_clip, torch, transformers
+from safetensors.torch import load_file
+a = json.loads(sys.argv[1])
+state = load_file(a["state"])
+images = state.pop("__images__").to(a["device"])
+model = open_clip.CoCa(**a["kwargs"])
+model.load_state_dict(state)
+model = model.to(a["device"]).eval()
+sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+times = []
+with torch.no_grad():
+    model.generate(images, **a["generate"])  # warm-up
+    for _ in range(a["reps"]):
+        if images.is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        model.generate(images, **a["generate"])
+        sync()
+        times.append(time.perf_counter() - t0)
+peak = torch.cuda.max_memory_allocated() if images.is_cuda else None
+print(json.dumps({"seconds": times, "peak_memory_bytes": peak, "transformers": transformers.__version__,
+                  "process": "its own (--openclip-python), before vlm's runs"}))
+"""
+
+
+def openclip_generate(ctx, oc, images, kw) -> dict | str:
+    """open_clip's ``CoCa.generate`` timed in ``--openclip-python`` (the same weights and images,
+    through a safetensors file): ``{"seconds": [...], ...}``, or why not in one line."""
+    from safetensors.torch import save_file
+
+    torch, args = ctx["torch"], ctx["args"]
+    path = ctx["work"] / "openclip_generate.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in oc.state_dict().items()}
+    save_file({**state, "__images__": images.cpu().contiguous()}, str(path))
+    job = {"state": str(path), "device": str(ctx["device"]), "kwargs": oc.init_kwargs, "generate": kw,
+           "reps": args.reps}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")]
+                                                       if p)}
+    ctx["vlm"].cpu()  # the GPU's memory to the other process while it runs
+    oc.cpu()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        r = subprocess.run([args.openclip_python, "-c", OPENCLIP_GENERATE, json.dumps(job)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"not measured: --openclip-python {args.openclip_python}: {first_line(e)}"
+    finally:
+        ctx["vlm"].to(ctx["device"])
+    if r.returncode != 0:
+        return f"not measured: --openclip-python {args.openclip_python}: {failure_line(r.stderr)}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def section_index(ctx) -> dict:
@@ -334,6 +468,35 @@ sys.exit(code)
 """
 
 
+def train_env(environ, report: Path, cpu: bool) -> dict:
+    """The environment of a launched ``vlm train``: the caller's own (its ``PYTHONPATH`` too, where
+    packages installed beside the repository live) with the repository first on the path."""
+    path = os.pathsep.join(p for p in [str(ROOT), environ.get("PYTHONPATH", "")] if p)
+    env = {**environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "GPU_CHECK_REPORT": str(report)}
+    env.pop("ACCELERATE_USE_FSDP", None)
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "1"
+    return env
+
+
+EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*)$")
+
+
+def failure_line(stderr: str) -> str:
+    """The line that says why a launched run failed: vlm's own one-line error (``...: error: ...``),
+    else the first exception line of a traceback (not the launcher's ``CalledProcessError`` about its
+    child), else the end of stderr."""
+    lines = stderr.splitlines()
+    said = [line for line in lines if ": error: " in line]
+    if said:
+        return said[-1]
+    raised = [m.group(1) for m in map(EXCEPTION_LINE.match, lines) if m]
+    raised = [line for line in raised if not line.startswith(("subprocess.CalledProcessError",
+                                                             "torch.distributed.elastic"))]
+    return raised[-1] if raised else stderr[-500:]  # the last: "During handling of ..." comes before it
+
+
 def _train_run(ctx, name: str, extra: list[str]) -> dict:
     """One ``vlm train`` run on the micro recipe, launched as users launch it (torchrun via Accelerate)."""
     import socket
@@ -345,11 +508,7 @@ def _train_run(ctx, name: str, extra: list[str]) -> dict:
     driver = work / "train_driver.py"
     driver.write_text(DRIVER)
     report = work / f"{name}-{time.monotonic_ns()}.report"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "GPU_CHECK_REPORT": str(report)}
-    env.pop("ACCELERATE_USE_FSDP", None)
-    if ctx["device"].type == "cpu":
-        env["ACCELERATE_USE_CPU"] = "1"
+    env = train_env(os.environ, report, cpu=ctx["device"].type == "cpu")
     procs = args.fsdp_processes
     # Accelerate refuses --multi_gpu with one process; one GPU's FSDP run is launched with --use_fsdp instead
     mode = ["--multi_gpu"] if procs > 1 else (["--use_fsdp"] if "fsdp=true" in extra else [])
@@ -365,9 +524,9 @@ def _train_run(ctx, name: str, extra: list[str]) -> dict:
            "peak_memory_bytes": max((p["peak_memory_bytes"] for p in ranks), default=None)}
     said = [line for line in r.stdout.splitlines() if " process" in line and "device" in line]
     out["launch"] = said[0] if said else None
-    errors = [line for line in r.stderr.splitlines() if "error:" in line]
     if r.returncode != 0:
-        out["error"] = errors[-1] if errors else r.stderr[-500:]
+        out["error"] = failure_line(r.stderr)
+        out["stderr_tail"] = r.stderr[-4000:]  # the traceback, where there is one
     log = work / name / "losses.jsonl"
     if log.is_file():
         rows = sorted(map(json.loads, log.read_text().splitlines()), key=lambda row: row["step"])
@@ -401,7 +560,8 @@ def section_fsdp(ctx) -> dict:
     return out
 
 
-SECTIONS = {"train": section_train, "fsdp": section_fsdp, "caption": section_caption, "index": section_index}
+SECTIONS = {"train": section_train, "fsdp": section_fsdp, "caption": section_caption, "index": section_index,
+            "compiled": section_compiled}
 
 
 # ------------------------------------------------------------------------------------ main
@@ -412,9 +572,13 @@ def parse_args(argv):
     p.add_argument("--out", default="gpu_check.json", help="the JSON file written (after every section)")
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--tiny", action="store_true", help="tiny widths and sizes: the code path in seconds")
-    p.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--sections", nargs="*", default=["train", "fsdp", "caption", "index"], choices=list(SECTIONS),
+                   help="compiled (vlm's step under torch.compile) is asked for by name: minutes of compiling")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s for MFU")
     p.add_argument("--budget-s", type=float, default=420, help="sections not started by then are skipped")
+    p.add_argument("--profile", action="store_true", help="profile one training step of each side")
+    p.add_argument("--openclip-python", default=None,
+                   help="an interpreter with transformers < 4.56 for open_clip's generate, where this one's is newer")
     args = p.parse_args(argv)
     big = not args.tiny
     args.train_batch = 256 if big else 4

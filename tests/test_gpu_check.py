@@ -89,3 +89,27 @@ def test_missing_open_clip_is_reported_not_a_crash(tmp_path):
         assert res[name]["open_clip"].startswith("not measured: ImportError"), res[name]
         assert "error" not in res[name]
     assert res["train"]["vlm"]["samples_per_s"] > 0 and res["caption"]["vlm"]["tokens_per_s"] > 0
+
+
+def test_a_launched_run_keeps_the_callers_python_path(gpu_check, tmp_path):
+    # packages installed beside the repository (pip --target DIR, PYTHONPATH=DIR) must stay importable
+    # in the launched training processes: the first GPU run lost them and both runs exited 1
+    env = gpu_check.train_env({"PYTHONPATH": "/opt/site", "ACCELERATE_USE_FSDP": "true"}, tmp_path / "r", cpu=False)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/opt/site"]
+    assert "ACCELERATE_USE_FSDP" not in env and "ACCELERATE_USE_CPU" not in env
+    assert gpu_check.train_env({}, tmp_path / "r", cpu=True)["PYTHONPATH"] == str(ROOT)
+
+
+def test_a_failed_run_is_reported_by_its_cause(gpu_check):
+    traceback = "\n".join([
+        "[rank0]: Traceback (most recent call last):",
+        '[rank0]:   File "x.py", line 3, in <module>',
+        "[rank0]: AttributeError: 'FSDPCoCa' object has no attribute 'get_parameter_or_buffer'",
+        "[rank0]: During handling of the above exception, another exception occurred:",
+        "[rank0]: ValueError: not enough values to unpack (expected 2, got 1)",
+        "Traceback (most recent call last):",
+        "subprocess.CalledProcessError: Command '[...]' returned non-zero exit status 1."])
+    assert gpu_check.failure_line(traceback) == "ValueError: not enough values to unpack (expected 2, got 1)"
+    said = "train.py: error: fsdp=true: Accelerate 1.16.0 runs FSDP on GPUs only\n" + traceback
+    assert gpu_check.failure_line(said).startswith("train.py: error: fsdp=true")
+    assert gpu_check.failure_line("killed") == "killed"

@@ -109,15 +109,17 @@ def test_fsdp_matches_ddp_resumes_exactly_and_exports(shapes, tmp_path):
     import vlm
 
     n = min(2, torch.cuda.device_count())
-    common = [f"data.root={shapes}", "steps=6", "data.batch_size=4", "lr=3e-3", "--multi_gpu",
-              "--num_processes", n]
-    runs = {"ddp": [], "fsdp": ["fsdp=true"], "part": ["fsdp=true", "stop_after=3"]}
+    # Accelerate refuses --multi_gpu for one process; one GPU's FSDP runs are launched with --use_fsdp
+    common = [f"data.root={shapes}", "steps=6", "data.batch_size=4", "lr=3e-3", "--num_processes", n,
+              *(["--multi_gpu"] if n > 1 else [])]
+    one = [] if n > 1 else ["--use_fsdp"]
+    runs = {"ddp": [], "fsdp": ["fsdp=true", *one], "part": ["fsdp=true", "stop_after=3", *one]}
     for name, extra in runs.items():
         r = vlm_train(*common, f"output_dir={tmp_path / name}", *extra, "--main_process_port", free_port())
         assert r.returncode == 0, r.stderr[-3000:]
         if name != "ddp":
             assert f"{n} process{'es' if n > 1 else ''}, FSDP, device cuda" in r.stdout, r.stdout[-2000:]
-    r = vlm_train(*common, f"output_dir={tmp_path / 'part'}", "fsdp=true", "resume=latest",
+    r = vlm_train(*common, f"output_dir={tmp_path / 'part'}", "fsdp=true", "resume=latest", *one,
                   "--main_process_port", free_port())
     assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-3000:]
     ddp, fsdp, part = (losses(tmp_path / k / "losses.jsonl") for k in ("ddp", "fsdp", "part"))
@@ -147,6 +149,16 @@ def test_shard_units_are_the_block_classes_the_model_has():
         assert state.fsdp_plugin.transformer_cls_names_to_wrap == classes
         assert state.fsdp_plugin.fsdp_version == 2 and state.fsdp_plugin.reshard_after_forward is True
     assert WRAP == ["Block", "CrossBlock"]
+
+
+def test_every_process_builds_its_own_weights_even_under_launch_defaults(monkeypatch):
+    # `accelerate launch --use_fsdp` sets FSDP_CPU_RAM_EFFICIENT_LOADING=true (rank 0 loads, the others
+    # receive); Accelerate 1.15 then fails on the top-level logit_scale (seen on an H200): vlm's plugin
+    # turns that loading off whatever the environment says
+    from vlm.training.fsdp import plugin
+
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    assert plugin().cpu_ram_efficient_loading is False
 
 
 @pytest.mark.slow

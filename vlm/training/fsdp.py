@@ -15,6 +15,7 @@ keeps ``MULTI_CPU`` (plain DDP) and drops the plugin without a word, and
 `sync_module_states=True` is not supported on cpu." ``check_enabled`` turns both into one line.
 
     vlm train --config configs/micro.yaml fsdp=true --multi_gpu --num_processes 2
+    vlm train --config configs/micro.yaml fsdp=true --use_fsdp --num_processes 1   # one GPU
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ def plugin():
     return FullyShardedDataParallelPlugin(
         fsdp_version=2, reshard_after_forward=True,  # FULL_SHARD: parameters resharded after the forward
         auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=list(WRAP),
-        state_dict_type="SHARDED_STATE_DICT")
+        state_dict_type="SHARDED_STATE_DICT",
+        # every process builds the model from the same seed, so none needs rank 0's weights sent over;
+        # and Accelerate < 1.16 cannot send a top-level parameter (logit_scale): "ValueError: not enough
+        # values to unpack" in fsdp2_load_full_state_dict, seen on one H200 with Accelerate 1.15, where
+        # `accelerate launch --use_fsdp` turns this loading on by default
+        cpu_ram_efficient_loading=False)
 
 
 def vector_scalars_(model: nn.Module) -> list[str]:
@@ -86,7 +92,7 @@ def check_enabled(accelerator, cfg) -> None:
                          f"train on CPUs without FSDP (distributed type {accelerator.distributed_type.value})")
     raise UsageError(f"{what}: Accelerate did not enable FSDP (distributed type "
                      f"{accelerator.distributed_type.value}); launch with vlm train ... --multi_gpu "
-                     f"--num_processes N (N >= 1)")
+                     f"--num_processes N (N >= 2), or --use_fsdp --num_processes 1 on one GPU")
 
 
 def cpu_launch_error(message: str) -> UsageError:

@@ -35,14 +35,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg, groups: list[dict] | None = None) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg, groups: list[dict] | None = None,
+                    fused: bool = False) -> torch.optim.AdamW:
     """AdamW over ``groups`` (a task's own, e.g. layer-wise learning-rate decay; a group's
-    ``lr_scale`` multiplies ``cfg.lr``) or the two default weight-decay groups."""
+    ``lr_scale`` multiplies ``cfg.lr``) or the two default weight-decay groups. ``fused``: PyTorch's
+    one-kernel AdamW (on one H200, coca_ViT-B-32's step took 16 ms of a 140 ms training step with
+    the default multi-tensor AdamW; BENCHMARKS.md, "The GPU check")."""
     groups = param_groups(model, cfg.weight_decay) if groups is None else groups
     groups = [{**g, "lr": cfg.lr * g.get("lr_scale", 1.0)} for g in groups if g["params"]]
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:

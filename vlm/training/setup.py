@@ -98,7 +98,9 @@ def setup(cfg) -> Run:
         built = task.setup(accelerator, out)
         fsdp.fit_to(accelerator, built.model)  # FSDP: no scalar parameters; units from the model's blocks
         train_loader, val_loader = make_loaders(cfg, built.train_set, built.val_set, built.collate)
-        optimizer = build_optimizer(built.model, cfg, built.param_groups)
+        # fused AdamW on GPUs; not under FSDP, whose sharded parameters it has not run on here
+        fused = accelerator.device.type == "cuda" and accelerator.distributed_type.value != "FSDP"
+        optimizer = build_optimizer(built.model, cfg, built.param_groups, fused=fused)
         scheduler = build_scheduler(optimizer, cfg, accelerator.num_processes)
     except (OSError, ValueError, KeyError) as e:  # OSError: also a dataset that needs the network
         raise UsageError(e.args[0] if isinstance(e, KeyError) and e.args else first_line(e)) from None
