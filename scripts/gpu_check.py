@@ -18,7 +18,13 @@ next one runs; the JSON is rewritten after every section, so a run cut short kee
 - ``caption``: greedy captioning, B images x N tokens (full length forced on both sides), vlm's
   ``generate`` against open_clip's ``CoCa.generate`` (top-k 1), tokens/s and peak memory;
 - ``index``: ``vlm index --json`` over generated shapes images with the converted model,
-  images/s as the command reports it, peak memory.
+  images/s as the command reports it, peak memory;
+- ``compiled`` (only when named in ``--sections``: minutes of compiling): vlm's training step
+  under ``torch.compile`` beside the eager one.
+
+``--profile`` adds one profiled training step per side (the GPU's kernel time against the step's
+wall time, and the ten ops that take longest). ``--openclip-python PY`` times open_clip's
+``generate`` in the interpreter PY where this one's transformers is too new for it.
 
 MFU = (training FLOPs per sample x samples/s) / peak. Training FLOPs per sample =
 3 x forward (backward = 2 x forward), counting matrix products only (2 FLOPs per multiply-add;
