@@ -269,14 +269,15 @@ def _time_training(ctx, sides: dict, out: dict, warmup: int = 2) -> None:
 
 def _profile(ctx, step, opt) -> dict:
     """One profiled training step: the device's busy time (its kernels) against the step's wall time
-    (a device idle between kernels is waiting for the host), and the ten ops that take it longest."""
+    (a device idle between kernels is waiting for the host), the ten ops that take it longest, and
+    the fifteen longest op-and-input-shape pairs (which copy, which norm)."""
     torch, device = ctx["torch"], ctx["device"]
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync(torch, device)
     t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, record_shapes=True) as prof:
         step()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -293,9 +294,14 @@ def _profile(ctx, step, opt) -> dict:
         kernels = ops = list(events)
         attr = "self_cpu_time_total"
     ops = sorted(ops, key=lambda e: getattr(e, attr), reverse=True)
+    cpu_side = DeviceType.CPU if device.type == "cuda" else None
+    shaped = sorted((e for e in prof.key_averages(group_by_input_shape=True)
+                     if cpu_side is None or e.device_type == cpu_side), key=lambda e: getattr(e, attr), reverse=True)
     return {"wall_s": wall, "device_busy_s": sum(getattr(e, attr) for e in kernels) / 1e6,
             "kernels": sum(e.count for e in kernels),
-            "top": [{"op": e.key[:80], "s": getattr(e, attr) / 1e6, "calls": e.count} for e in ops[:10]]}
+            "top": [{"op": e.key[:80], "s": getattr(e, attr) / 1e6, "calls": e.count} for e in ops[:10]],
+            "top_by_shape": [{"op": e.key[:60], "shapes": str(e.input_shapes)[:120], "s": getattr(e, attr) / 1e6,
+                              "calls": e.count} for e in shaped[:15]]}
 
 
 def section_train(ctx) -> dict:

@@ -54,12 +54,14 @@ def run(tmp_path, *args, env=None) -> dict:
 
 @pytest.mark.slow
 def test_every_section_runs_on_the_cpu(tmp_path):
-    res = run(tmp_path)
+    res = run(tmp_path, "--profile")
     for name in ("train", "fsdp", "caption", "index"):
         assert "error" not in res[name] and "skipped" not in res[name], (name, res[name])
     train = res["train"]
     assert train["vlm"]["samples_per_s"] > 0 and train["flops_per_sample"] > 0
     assert train["vlm"]["mfu"] is None and res["peak_flops"] is None  # no peak assumed for a CPU
+    prof = train["vlm"]["profile"]  # --profile: one profiled step, its ops by time and by input shape
+    assert 0 < prof["device_busy_s"] and prof["top"] and prof["top_by_shape"][0]["shapes"].startswith("[[")
     if isinstance(train.get("open_clip"), dict):  # the same weights and batch: the same first loss (bf16)
         assert train["open_clip"]["samples_per_s"] > 0
         assert train["first_loss_abs_diff"] < 1e-2 * abs(train["vlm"]["first_loss"])
