@@ -3,7 +3,8 @@
 Two measurements on coca_ViT-B-32 at random weights in bfloat16 (``--precision bf16``), B rows:
 
 - ``profile``: 5 later decoding steps (after 12 warm ones) under ``torch.profiler``, ops grouped
-  by input shape; for each product, its bytes read per call and the rate that gives;
+  by input shape: milliseconds a step, calls a step, microseconds a call (a product's read rate
+  is its weight's bytes over that time);
 - ``attention``: the image cross-attention's two products alone, over 12 layers' cached
   keys/values (evicting each other from cache as a step does), in bfloat16 as vlm runs them
   and with float32 keys/values, interleaved round by round, medians.

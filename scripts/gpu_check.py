@@ -259,9 +259,8 @@ def _time_training(ctx, sides: dict, out: dict, warmup: int = 2) -> None:
     for name in sides:
         s = args.train_batch / statistics.median(times[name])
         out[name].update(samples_per_s=s, step_s=times[name],
-                         mfu=flops * s / ctx["peak"] if ctx["peak"] else None)
-    for name in sides:
-        out[name]["optimizer"] = "AdamW, fused" if fused[name] else "AdamW, PyTorch's default"
+                         mfu=flops * s / ctx["peak"] if ctx["peak"] else None,
+                         optimizer="AdamW, fused" if fused[name] else "AdamW, PyTorch's default")
     if args.profile:
         for name, (_, step) in sides.items():
             out[name]["profile"] = _profile(ctx, step, opts[name])
@@ -421,8 +420,7 @@ def openclip_generate(ctx, oc, images, kw) -> dict | str:
     save_file({**state, "__images__": images.cpu().contiguous()}, str(path))
     job = {"state": str(path), "device": str(ctx["device"]), "kwargs": oc.init_kwargs, "generate": kw,
            "reps": args.reps}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")]
-                                                       if p)}
+    env = {**os.environ, "PYTHONPATH": repo_first(os.environ)}
     ctx["vlm"].cpu()  # the GPU's memory to the other process while it runs
     oc.cpu()
     if torch.cuda.is_available():
@@ -480,11 +478,15 @@ sys.exit(code)
 """
 
 
+def repo_first(environ) -> str:
+    """``PYTHONPATH`` for a child process: the repository, then the caller's own entries (where
+    packages installed beside the repository live, ``pip install --target DIR``)."""
+    return os.pathsep.join(p for p in [str(ROOT), environ.get("PYTHONPATH", "")] if p)
+
+
 def train_env(environ, report: Path, cpu: bool) -> dict:
-    """The environment of a launched ``vlm train``: the caller's own (its ``PYTHONPATH`` too, where
-    packages installed beside the repository live) with the repository first on the path."""
-    path = os.pathsep.join(p for p in [str(ROOT), environ.get("PYTHONPATH", "")] if p)
-    env = {**environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+    """The environment of a launched ``vlm train``: the caller's own, the repository first on the path."""
+    env = {**environ, "PYTHONPATH": repo_first(environ), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "GPU_CHECK_REPORT": str(report)}
     env.pop("ACCELERATE_USE_FSDP", None)
     if cpu:
