@@ -147,7 +147,7 @@ def environment(torch, device) -> dict:
     return info
 
 
-def build_models(torch, tiny: bool):
+def build_models(torch, tiny: bool, arch: str = ARCH):
     """(vlm model, open_clip model or None, why-not, vlm config): the same weights on both sides."""
     from vlm.convert.open_clip import config_from_open_clip, from_open_clip_model
     from vlm.model.coca import create_model
@@ -157,7 +157,7 @@ def build_models(torch, tiny: bool):
         import open_clip
         from parity_weights import randomize_, shrink_open_clip_cfg
 
-        oc_cfg = open_clip.get_model_config(ARCH)
+        oc_cfg = open_clip.get_model_config(arch)
         if tiny:
             oc_cfg = shrink_open_clip_cfg(oc_cfg)
         kwargs = {k: v for k, v in oc_cfg.items() if k != "custom_text"}
@@ -167,7 +167,7 @@ def build_models(torch, tiny: bool):
         return from_open_clip_model(oc, cfg), oc, None, cfg
     except Exception as e:  # open_clip missing or incompatible: vlm alone, at the same architecture
         torch.manual_seed(0)
-        cfg = get_config("tiny" if tiny else ARCH)
+        cfg = get_config("tiny" if tiny else arch)
         return create_model(cfg), None, first_line(e), cfg
 
 
@@ -263,13 +263,19 @@ def _time_training(ctx, sides: dict, out: dict, warmup: int = 2) -> None:
                          optimizer="AdamW, fused" if fused[name] else "AdamW, PyTorch's default")
     if args.profile:
         for name, (_, step) in sides.items():
-            out[name]["profile"] = _profile(ctx, step, opts[name])
+            prof = out[name]["profile"] = _profile(ctx, step, opts[name])
+            if ctx["peak"] and prof["products_s"]:  # the step's products alone, at the speed they ran
+                prof["mfu_products_only"] = flops * args.train_batch / (prof["products_s"] * ctx["peak"])
+
+
+PRODUCT_OPS = re.compile(r"aten::(mm|addmm|bmm|baddbmm)$|attention|convolution")  # the counted FLOPs' ops
 
 
 def _profile(ctx, step, opt) -> dict:
     """One profiled training step: the device's busy time (its kernels) against the step's wall time
     (a device idle between kernels is waiting for the host), the ten ops that take it longest, and
-    the fifteen longest op-and-input-shape pairs (which copy, which norm)."""
+    the fifteen longest op-and-input-shape pairs (which copy, which norm); ``products_s``, the
+    device time of the matrix products, attention and convolutions (the FLOPs MFU counts)."""
     torch, device = ctx["torch"], ctx["device"]
     from torch.profiler import ProfilerActivity, profile
 
@@ -296,8 +302,9 @@ def _profile(ctx, step, opt) -> dict:
     cpu_side = DeviceType.CPU if device.type == "cuda" else None
     shaped = sorted((e for e in prof.key_averages(group_by_input_shape=True)
                      if cpu_side is None or e.device_type == cpu_side), key=lambda e: getattr(e, attr), reverse=True)
+    products = sum(getattr(e, attr) for e in ops if PRODUCT_OPS.search(e.key)) / 1e6
     return {"wall_s": wall, "device_busy_s": sum(getattr(e, attr) for e in kernels) / 1e6,
-            "kernels": sum(e.count for e in kernels),
+            "kernels": sum(e.count for e in kernels), "products_s": products,
             "top": [{"op": e.key[:80], "s": getattr(e, attr) / 1e6, "calls": e.count} for e in ops[:10]],
             "top_by_shape": [{"op": e.key[:60], "shapes": str(e.input_shapes)[:120], "s": getattr(e, attr) / 1e6,
                               "calls": e.count} for e in shaped[:15]]}
@@ -591,11 +598,13 @@ def parse_args(argv):
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s for MFU")
     p.add_argument("--budget-s", type=float, default=420, help="sections not started by then are skipped")
     p.add_argument("--profile", action="store_true", help="profile one training step of each side")
+    p.add_argument("--arch", default=ARCH, help="the open_clip CoCa architecture built (fsdp trains configs/micro.yaml)")
+    p.add_argument("--train-batch", type=int, default=None, help="training batch (default 256; --tiny 4)")
     p.add_argument("--openclip-python", default=None,
                    help="an interpreter with transformers < 4.56 for open_clip's generate, where this one's is newer")
     args = p.parse_args(argv)
     big = not args.tiny
-    args.train_batch = 256 if big else 4
+    args.train_batch = args.train_batch or (256 if big else 4)
     args.steps = 10 if big else 2
     args.caption_batch, args.tokens, args.reps = (32, 30, 3) if big else (2, 4, 1)
     args.index_images, args.index_batch = (2048, 256) if big else (8, 4)
@@ -628,8 +637,8 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         ctx = {"torch": torch, "device": device, "args": args, "peak": peak, "work": Path(tmp)}
-        ctx["vlm"], ctx["open_clip"], ctx["open_clip_missing"], ctx["cfg"] = build_models(torch, args.tiny)
-        results["model"] = {"arch": ARCH + (" (tiny widths)" if args.tiny else ""),
+        ctx["vlm"], ctx["open_clip"], ctx["open_clip_missing"], ctx["cfg"] = build_models(torch, args.tiny, args.arch)
+        results["model"] = {"arch": args.arch + (" (tiny widths)" if args.tiny else ""),
                             "parameters": sum(p.numel() for p in ctx["vlm"].parameters()),
                             "open_clip": "same weights" if ctx["open_clip"] is not None
                             else f"unavailable: {ctx['open_clip_missing']}"}

@@ -71,6 +71,21 @@ def test_caption_loss_ignores_padding_and_smooths():
     assert not torch.allclose(smooth, expected)
 
 
+def test_caption_loss_of_bfloat16_logits_is_float32_with_a_bfloat16_gradient():
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 5, 300) * 6).to(torch.bfloat16).requires_grad_()
+    labels = torch.randint(1, 300, (3, 5))
+    labels[0, 3:] = 0
+    keep = labels != 0
+    for smoothing in (0.0, 0.1):
+        loss = caption_loss(logits, labels, label_smoothing=smoothing)
+        ref = F.cross_entropy(logits.detach().double()[keep], labels[keep], label_smoothing=smoothing)
+        assert loss.dtype == torch.float32
+        assert abs(float(loss) - float(ref)) < 1e-5
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16 and bool(logits.grad[~keep].eq(0).all())
+
+
 def test_coca_loss_weights_and_switches():
     torch.manual_seed(0)
     img, txt = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)

@@ -77,6 +77,40 @@ def test_gradient_checkpointing_same_output_and_grads(name):
 
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if get_config(n).model_type == "coca"])
+def test_training_normalises_the_image_tokens_once_with_the_same_result(name):
+    """In training every cross block takes the image tokens normalised once, its own affine folded
+    into its key/value projection (CrossBlock); evaluation normalises them per block. Same loss and
+    gradients, to float32 rounding; gradient checkpointing takes the shared path too."""
+    torch.manual_seed(0)
+    cfg = shrink(get_config(name))
+    model = perturb(create_model(cfg))
+    images, text = _batch(cfg)
+    folds = []
+    for block in (layer.cross_block for layer in model.decoder.layers):
+        block.register_forward_pre_hook(lambda m, a, kw: folds.append((a[3:] or [kw.get("unit_context")])[0] is not None),
+                                        with_kwargs=True)
+
+    def run(train: bool, ckpt: bool = False):
+        model.train(train)
+        model.set_grad_checkpointing(ckpt)
+        model.zero_grad()
+        folds.clear()
+        out = model(images, text)
+        loss = out.logit_scale * (out.image_embeds * out.text_embeds).sum() + out.caption_logits.square().mean()
+        loss.backward()
+        return out.caption_logits, [p.grad.clone() for p in model.parameters()], list(folds)
+
+    ref, ref_grads, ref_folds = run(train=False)
+    assert not any(ref_folds)
+    for ckpt in (False, True):
+        out, grads, train_folds = run(train=True, ckpt=ckpt)
+        assert train_folds and all(train_folds)
+        assert torch.allclose(ref, out, atol=1e-5)
+        scale = max(g.abs().max() for g in ref_grads)
+        assert max((a - b).abs().max() for a, b in zip(ref_grads, grads)) < 1e-5 * scale
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if get_config(n).model_type == "coca"])
 def test_kv_cached_decoding_matches_full_recomputation(name):
     torch.manual_seed(0)
     cfg = shrink(get_config(name))

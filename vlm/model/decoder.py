@@ -41,19 +41,24 @@ class CaptionDecoder(nn.Module):
                 cache: Optional[KVCache] = None) -> Tensor:
         """(B, T, width) text token outputs, (B, N, image_dim) image tokens -> (B, T, vocab) logits.
 
-        With a cache holding the image keys/values, ``image_tokens`` may be None.
+        With a cache holding the image keys/values, ``image_tokens`` may be None. In training, the
+        image tokens are normalised once for all layers (``CrossBlock.unit_norm``): one layer norm
+        over the B x N image tokens, forward and backward, instead of one per layer.
         """
         from torch.utils.checkpoint import checkpoint
 
         x = text_tokens
+        unit = None
+        if self.training and cache is None and image_tokens is not None and self.layers:
+            unit = CrossBlock.unit_norm(image_tokens, self.layers[0].cross_block.norm_kv.eps)  # (B, N, D)
         use_ckpt = self.grad_checkpointing and self.training and cache is None
         for i, layer in enumerate(self.layers):
             self_cache = cache.layers[2 * i] if cache is not None else None
             cross_cache = cache.layers[2 * i + 1] if cache is not None else None
             if use_ckpt:
                 x = checkpoint(layer.self_block, x, None, True, None, use_reentrant=False)
-                x = checkpoint(layer.cross_block, x, image_tokens, None, use_reentrant=False)
+                x = checkpoint(layer.cross_block, x, image_tokens, None, unit, use_reentrant=False)
             else:
                 x = layer.self_block(x, is_causal=True, cache=self_cache)
-                x = layer.cross_block(x, image_tokens, cache=cross_cache)
+                x = layer.cross_block(x, image_tokens, cache=cross_cache, unit_context=unit)
         return self.lm_head(self.norm_final(x))

@@ -123,14 +123,16 @@ class Attention(nn.Module):
         mask: Optional[Tensor] = None,
         is_causal: bool = False,
         cache: Optional[LayerCache] = None,
+        kv: Optional[Tensor] = None,
     ) -> Tensor:
+        """``kv``: a cross-attention's (B, N, 2C) keys and values, when the caller projected them."""
         B, T, C = x.shape
         if self.cross:
             q = self._split(self.q_proj(x))
             if cache is not None and cache.k is not None:
                 k, v = cache.k, cache.v  # the context's keys/values, computed once
             else:
-                kv = self.kv_proj(context)  # (B, N, 2C)
+                kv = self.kv_proj(context) if kv is None else kv  # (B, N, 2C)
                 if cache is not None:  # contiguous, in one copy: attention over cached keys is then ~2x faster
                     kv = kv.view(*kv.shape[:2], 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
                     k, v = kv.contiguous()  # each (B, nh, N, hs)
@@ -220,7 +222,12 @@ class Block(nn.Module):
 
 class CrossBlock(nn.Module):
     """Pre-norm cross-attention block: queries from the text, keys/values from the
-    (separately normalised) image tokens, then an MLP."""
+    (separately normalised) image tokens, then an MLP.
+
+    Every cross block of a decoder normalises the same image tokens, each with its own affine
+    (γ, β). ``unit_context`` takes them normalised once without affine (``unit_norm``); the block's
+    γ and β are then folded into its key/value projection, an identity:
+    (n γ + β) Wᵀ + b = n (W diag γ)ᵀ + (W β + b)."""
 
     def __init__(self, dim: int, heads: int, kv_dim: int, mlp_ratio: float = 4.0, act: str = "gelu",
                  eps: float = 1e-5):
@@ -231,11 +238,26 @@ class CrossBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio), act)
 
-    def forward(self, x: Tensor, context: Optional[Tensor], cache: Optional[LayerCache] = None) -> Tensor:
-        if context is not None and (cache is None or cache.k is None):
+    def forward(self, x: Tensor, context: Optional[Tensor], cache: Optional[LayerCache] = None,
+                unit_context: Optional[Tensor] = None) -> Tensor:
+        kv = None
+        if unit_context is not None:
+            kv = F.linear(unit_context, *self._folded_kv())  # (B, N, 2C)
+        elif context is not None and (cache is None or cache.k is None):
             context = self.norm_kv(context)
-        x = x + self.attn(self.norm1(x), context=context, cache=cache)
+        x = x + self.attn(self.norm1(x), context=context, cache=cache, kv=kv)
         return x + self.mlp(self.norm2(x))
+
+    def _folded_kv(self) -> tuple[Tensor, Tensor]:
+        """The key/value projection's weight and bias with ``norm_kv``'s affine folded in, in the
+        parameters' dtype (elementwise products and a sum: autocast leaves them alone)."""
+        w, g, b = self.attn.kv_proj.weight, self.norm_kv.weight, self.norm_kv.bias  # (2C, D), (D,), (D,)
+        return w * g, self.attn.kv_proj.bias + (w * b).sum(-1)  # (2C, D), (2C,)
+
+    @staticmethod
+    def unit_norm(context: Tensor, eps: float) -> Tensor:
+        """The image tokens normalised without affine, shared by every cross block."""
+        return F.layer_norm(context, context.shape[-1:], eps=eps)
 
 
 class Transformer(nn.Module):
