@@ -85,3 +85,28 @@ def test_bf16_packed_products_are_bit_identical_and_generation_unchanged(monkeyp
     packed = gen.generate(model, images, gen.SpecialTokens(1, 999, 0), cfg)
     monkeypatch.setattr(gen, "packed_linears", lambda mods, rows: contextlib.nullcontext(0))
     assert packed == gen.generate(model, images, gen.SpecialTokens(1, 999, 0), cfg)
+
+
+@pytest.mark.skipif(not _bf16_kernels(), reason="no native bfloat16 oneDNN kernels on this CPU / build")
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_bf16_mlp_takes_its_gelu_inside_the_packed_product(approximate):
+    from vlm.model.layers import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(64, 256, "gelu")
+    mlp.act.approximate = approximate
+    mlp = mlp.to(torch.bfloat16).eval()
+    x = torch.randn(8, 1, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        F = torch.nn.functional
+        h = F.gelu(F.linear(x.float(), mlp.fc1.weight.float(), mlp.fc1.bias.float()), approximate=approximate)
+        ref = F.linear(h, mlp.fc2.weight.float(), mlp.fc2.bias.float())  # float32 throughout
+        with packed_linears([mlp], rows=8):
+            assert "forward" in mlp.__dict__  # the fused path is in place
+            out = mlp(x)
+            assert mlp(torch.randn(3, 64, dtype=torch.bfloat16)).shape == (3, 64)  # other rows: plain path
+        assert "forward" not in mlp.__dict__
+        unfused = mlp(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (8, 1, 64)
+    assert not torch.equal(out, unfused)  # GELU on the float32 sums: rounded once, not twice
+    assert (out.float() - ref).abs().max() <= 0.02 * ref.abs().max()

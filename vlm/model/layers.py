@@ -52,7 +52,7 @@ class LayerCache:
         buf = self._kbuf
         if buf is None or buf.shape[2] < t1 or buf.shape[:2] != k.shape[:2] or buf.dtype != k.dtype:
             B, nh, _, hs = k.shape
-            cap = max(t1, 2 * t0, 16)  # doubling: appending T positions one by one copies O(T)
+            cap = max(t1, 2 * t0, 32)  # doubling: appending T positions one by one copies O(T); 32: a caption
             self._kbuf, self._vbuf = (k.new_empty(B, nh, cap, hs), v.new_empty(B, nh, cap, hs))
             if t0:
                 self._kbuf[:, :, :t0] = self.k
