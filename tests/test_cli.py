@@ -153,3 +153,21 @@ def test_models_lists_configs(tiny_checkpoint):
     assert proc.returncode == 0
     names = {c["name"] for c in json.loads(proc.stdout)["configs"]}
     assert {"tiny", "coca_ViT-B-32", "coca_ViT-L-14", "ViT-B-32", "ViT-B-16", "ViT-L-14"} <= names
+
+
+def test_a_command_in_a_process_group_destroys_it_before_shutdown(tmp_path, capsys):
+    """A launched command (``accelerate launch ... -m vlm.cli.main index``) must not leave its gloo
+    process group to interpreter shutdown, where gloo's threads can abort a finished run
+    (vlm.runtime.process_group)."""
+    import torch.distributed as dist
+
+    from vlm.cli.main import run_command
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert run_command("models", []) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert "coca_ViT-B-32" in capsys.readouterr().out

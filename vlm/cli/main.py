@@ -84,8 +84,11 @@ def _show_notes_as_lines(name: str) -> None:
 
 def run_command(name: str, argv: list[str]) -> int:
     """Run one subcommand, turning every expected failure into one line and an exit status."""
+    from vlm.runtime.process_group import leave
+
     _show_notes_as_lines(name)
-    return guarded(f"vlm {name}", lambda: importlib.import_module(COMMANDS[name][0]).main(argv))
+    code = guarded(f"vlm {name}", lambda: importlib.import_module(COMMANDS[name][0]).main(argv))
+    return leave(code)  # a launched command (``accelerate launch ... vlm.cli.main index``) ends its group
 
 
 def guarded(prog: str, run: Callable[[], int]) -> int:

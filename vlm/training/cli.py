@@ -23,6 +23,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from vlm.runtime.process_group import leave
+
 PROG = "train.py"
 
 
@@ -132,33 +134,7 @@ def _end_progress_bars() -> None:
 
 
 def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
-    code = _main(argv, prog)
-    if code in (0, 1, 2):  # an end this process reached itself: none of its collectives is pending
-        _tear_down()
-    elif code == 130 and _distributed():  # interrupted, maybe inside a collective: destroying the
-        sys.stdout.flush()  # process group could wait on it, and leaving it to interpreter shutdown
-        sys.stderr.flush()  # can abort in gloo's threads (as _tear_down says): leave without shutdown
-        os._exit(code)
-    return code
-
-
-def _distributed() -> bool:
-    dist = sys.modules.get("torch.distributed")
-    return dist is not None and dist.is_available() and dist.is_initialized()
-
-
-def _tear_down() -> None:
-    """Destroy the process group and collect the run's objects while the interpreter is whole.
-
-    Otherwise a DDP model, its reference cycles and the gloo process group it holds could be
-    destroyed only during interpreter shutdown, and gloo's worker threads then abort the process:
-    "terminate called without an active exception", exit status 134 after a finished run (seen
-    once, in a full test-suite run of two CPU processes on a 2-core machine)."""
-    import gc
-
-    if _distributed():
-        sys.modules["torch.distributed"].destroy_process_group()
-    gc.collect()
+    return leave(_main(argv, prog))  # the process group destroyed before shutdown (vlm.runtime.process_group)
 
 
 def _main(argv: Optional[list[str]], prog: Optional[str]) -> int:
