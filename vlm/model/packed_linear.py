@@ -17,7 +17,8 @@ bfloat16 linears on CPU); there the packed product is bit-identical to ``F.linea
 coca_ViT-B-32 was about 15% faster at one thread, no faster at two (BENCHMARKS.md, "Reduced precision").
 An MLP whose first product is packed in bfloat16 and whose activation is GELU takes the GELU inside
 that product (oneDNN's post-op, on the float32 sums before they round to bfloat16): 134 us against
-187 us for the (8, 512) x (512, 2048) product and a separate GELU at two threads, at most 0.4% apart.
+187 us for the (8, 512) x (512, 2048) product and a separate GELU at two threads; the largest
+difference was 0.3% of the largest output there.
 
 Used by ``vlm.generation.decode``; a no-op on GPUs, for other weight types, or when the PyTorch
 build has no MKL (float32) or no native bfloat16 oneDNN kernels (bfloat16).
