@@ -14,7 +14,6 @@ pooled token change nothing it computes (open_clip always runs all 77).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
